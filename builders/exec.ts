@@ -1,0 +1,128 @@
+// The one place external tools are run. Arguments are arrays, the tool is checked first, and a
+// failure becomes a HostToolError that says what to install.
+import { execa, type Options as ExecaOptions } from 'execa';
+import { accessSync, constants } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { HostToolError } from './errors.ts';
+
+/** Debian package providing each tool we call. */
+export const toolPackages: Record<string, string> = {
+  'mkfs.btrfs': 'btrfs-progs',
+  btrfs: 'btrfs-progs',
+  'mkfs.vfat': 'dosfstools',
+  'fsck.vfat': 'dosfstools',
+  mcopy: 'mtools',
+  mdir: 'mtools',
+  mmd: 'mtools',
+  mdel: 'mtools',
+  mtype: 'mtools',
+  mattrib: 'mtools',
+  mke2fs: 'e2fsprogs',
+  debugfs: 'e2fsprogs',
+  e2fsck: 'e2fsprogs',
+  sgdisk: 'gdisk',
+  sfdisk: 'fdisk',
+  mksquashfs: 'squashfs-tools',
+  unsquashfs: 'squashfs-tools',
+  bzip2: 'bzip2',
+  lbzip2: 'lbzip2',
+  pbzip2: 'pbzip2',
+  zstd: 'zstd',
+  xz: 'xz-utils',
+  bmaptool: 'bmap-tools',
+  'qemu-system-x86_64': 'qemu-system-x86',
+  'qemu-system-aarch64': 'qemu-system-arm',
+  dnsmasq: 'dnsmasq-base',
+  skopeo: 'skopeo',
+  'docker-registry': 'docker-registry',
+  'grub-mkstandalone': 'grub-common',
+  cpio: 'cpio',
+  busybox: 'busybox-static',
+  openssl: 'openssl',
+  gpg: 'gnupg',
+  unzip: 'unzip',
+  zip: 'zip',
+  'dpkg-deb': 'dpkg',
+  'apt-get': 'apt',
+  'cloud-init': 'cloud-init',
+  ctr: 'containerd',
+  containerd: 'containerd',
+};
+
+export function installHint(tool: string): string {
+  const pkg = toolPackages[tool] ?? tool;
+  return `install it with: sudo apt-get install -y ${pkg}`;
+}
+
+const found = new Map<string, string | undefined>();
+
+/** Full path of a tool on PATH (also /usr/sbin and /sbin, where Debian keeps mkfs tools), or undefined. */
+export function findTool(tool: string): string | undefined {
+  if (found.has(tool)) return found.get(tool);
+  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/bin', '/bin'];
+  let hit: string | undefined;
+  for (const d of dirs) {
+    if (!d) continue;
+    const p = join(d, tool);
+    try {
+      accessSync(p, constants.X_OK);
+      hit = p;
+      break;
+    } catch {
+      /* keep looking */
+    }
+  }
+  found.set(tool, hit);
+  return hit;
+}
+
+export function requireTool(tool: string): string {
+  const p = findTool(tool);
+  if (!p) throw new HostToolError(tool, `${tool} is not installed`, { hint: installHint(tool) });
+  return p;
+}
+
+export interface RunOptions {
+  signal?: AbortSignal;
+  cwd?: string;
+  env?: Record<string, string | undefined>;
+  input?: string | Buffer;
+  /** Return stdout as a Buffer instead of a string. */
+  binary?: boolean;
+  /** Accept these exit codes as success besides 0. */
+  okCodes?: number[];
+  timeoutMs?: number;
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+/** Run a host tool and return its output; a non-zero exit is a HostToolError carrying stderr. */
+export async function run(tool: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+  const path = requireTool(tool);
+  const options: ExecaOptions = {
+    cancelSignal: opts.signal,
+    cwd: opts.cwd,
+    env: opts.env ? { ...opts.env } : undefined,
+    extendEnv: true,
+    input: opts.input,
+    reject: false,
+    stripFinalNewline: false,
+    timeout: opts.timeoutMs,
+    encoding: 'utf8',
+  };
+  const r = await execa(path, [...args], options);
+  const exitCode = typeof r.exitCode === 'number' ? r.exitCode : -1;
+  if (r.isCanceled) {
+    const { InterruptedError } = await import('./errors.ts');
+    throw new InterruptedError();
+  }
+  if (exitCode !== 0 && !(opts.okCodes ?? []).includes(exitCode)) {
+    const err = String(r.stderr ?? '').trim().split('\n').slice(-8).join('\n');
+    throw new HostToolError(tool, `${tool} ${args.join(' ')} failed (exit ${exitCode})${err ? `:\n${err}` : ''}`);
+  }
+  return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode };
+}
