@@ -126,3 +126,37 @@ export async function run(tool: string, args: readonly string[], opts: RunOption
   }
   return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode };
 }
+
+/**
+ * Start a host tool whose stdout is consumed as a stream (a decompressor feeding a sparse writer).
+ * Read `stdout` to its end, then await `done`: it rejects like run() on a non-zero exit.
+ */
+export function runStreaming(
+  tool: string,
+  args: readonly string[],
+  opts: { signal?: AbortSignal; cwd?: string } = {},
+): { stdout: NodeJS.ReadableStream & AsyncIterable<Buffer>; done: Promise<RunResult> } {
+  const path = requireTool(tool);
+  const sub = execa(path, [...args], {
+    cancelSignal: opts.signal,
+    cwd: opts.cwd,
+    reject: false,
+    encoding: 'buffer',
+    stdin: 'ignore',
+    buffer: { stdout: false, stderr: true },
+  });
+  const done = sub.then(async (r) => {
+    if (r.isCanceled) {
+      const { InterruptedError } = await import('./errors.ts');
+      throw new InterruptedError();
+    }
+    const exitCode = typeof r.exitCode === 'number' ? r.exitCode : -1;
+    const stderr = Buffer.from((r.stderr as Uint8Array | undefined) ?? []).toString('utf8');
+    if (exitCode !== 0) {
+      const err = stderr.trim().split('\n').slice(-8).join('\n');
+      throw new HostToolError(tool, `${tool} ${args.join(' ')} failed (exit ${exitCode})${err ? `:\n${err}` : ''}`);
+    }
+    return { stdout: '', stderr, exitCode };
+  });
+  return { stdout: sub.stdout as NodeJS.ReadableStream & AsyncIterable<Buffer>, done };
+}

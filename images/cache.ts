@@ -1,0 +1,208 @@
+// The content-addressed download cache. Blobs live under their sha256, derived files (a decompressed
+// image) under the digest of the blob they came from, and a small index maps a URL to the digests of
+// what it served. Everything enters by rename from the cache's own tmp/ directory, so a reader sees
+// either nothing or a whole verified file; a lock file per entry serialises concurrent builds.
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { homedir, hostname } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { HostError, InterruptedError } from '../builders/errors.ts';
+import type { EventSink } from '../builders/events.ts';
+
+/** `${XDG_CACHE_HOME:-~/.cache}/bramble`; XDG says a relative XDG_CACHE_HOME is to be ignored. */
+export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_CACHE_HOME;
+  const base = xdg && xdg.startsWith('/') ? xdg : join(env.HOME || homedir(), '.cache');
+  return join(base, 'bramble');
+}
+
+/** What the index knows about a URL: the digests and size of the verified bytes it served. */
+export interface IndexEntry {
+  url: string;
+  sha256: string;
+  sha512: string;
+  size: number;
+  /** How the bytes were verified when they entered the cache. */
+  verifiedWith?: string;
+}
+
+/** A lock older than this whose owner we cannot check (another host) is taken over. */
+const FOREIGN_LOCK_STALE_MS = 24 * 60 * 60 * 1000;
+const LOCK_POLL_MS = 100;
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export function sha256Hex(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+export class Cache {
+  constructor(readonly root: string) {}
+
+  blobPath(sha256: string): string {
+    if (!HEX64.test(sha256)) throw new Error(`not a sha256 digest: ${sha256}`);
+    return join(this.root, 'blobs', 'sha256', sha256);
+  }
+
+  /** A file derived from a blob, e.g. derived/bz2-sparse/<blob sha256>. */
+  derivedPath(kind: string, blobSha256: string): string {
+    if (!/^[a-z0-9-]+$/.test(kind)) throw new Error(`bad derived kind: ${kind}`);
+    if (!HEX64.test(blobSha256)) throw new Error(`not a sha256 digest: ${blobSha256}`);
+    return join(this.root, 'derived', kind, blobSha256);
+  }
+
+  /** Where a download of `url` is kept while it is incomplete: a stable name, so a later run can resume it. */
+  partialPath(url: string): string {
+    return join(this.root, 'tmp', `${sha256Hex(url)}.part`);
+  }
+
+  /** A fresh temp file name inside the cache (same filesystem as the entries, so rename is atomic). */
+  async tempPath(label: string): Promise<string> {
+    await mkdir(join(this.root, 'tmp'), { recursive: true });
+    return join(this.root, 'tmp', `${label}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  }
+
+  private indexPath(url: string): string {
+    return join(this.root, 'index', 'url', `${sha256Hex(url)}.json`);
+  }
+
+  async lookupUrl(url: string): Promise<IndexEntry | undefined> {
+    let entry: IndexEntry;
+    try {
+      entry = JSON.parse(await readFile(this.indexPath(url), 'utf8')) as IndexEntry;
+    } catch {
+      return undefined;
+    }
+    if (entry.url !== url || !(await this.hasBlob(entry.sha256, entry.size))) return undefined;
+    return entry;
+  }
+
+  async recordUrl(entry: IndexEntry): Promise<void> {
+    await this.writeAtomic(this.indexPath(entry.url), JSON.stringify(entry, null, 2) + '\n');
+  }
+
+  /** True when the blob is present with the expected size (a cheap check; bytes were verified on entry). */
+  async hasBlob(sha256: string, size?: number): Promise<boolean> {
+    try {
+      const st = await stat(this.blobPath(sha256));
+      return st.isFile() && (size === undefined || st.size === size);
+    } catch {
+      return false;
+    }
+  }
+
+  /** Move a verified temp file into the blob store. */
+  async commitBlob(tempFile: string, sha256: string): Promise<string> {
+    const dest = this.blobPath(sha256);
+    await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
+    await rename(tempFile, dest);
+    return dest;
+  }
+
+  /** Write a small file by temp + rename. */
+  async writeAtomic(dest: string, content: string | Uint8Array): Promise<void> {
+    const tmp = await this.tempPath('write');
+    try {
+      await writeFile(tmp, content);
+      await mkdir(join(dest, '..'), { recursive: true });
+      await rename(tmp, dest);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  /**
+   * Run `fn` holding the lock named `key` (one lock file per cache entry, created with O_EXCL and holding
+   * our pid). A lock whose owner died is taken over; otherwise we wait, honouring the signal.
+   */
+  async withLock<T>(key: string, ctx: { signal: AbortSignal; events: EventSink }, fn: () => Promise<T>): Promise<T> {
+    const dir = join(this.root, 'locks');
+    await mkdir(dir, { recursive: true });
+    const path = join(dir, `${sha256Hex(key)}.lock`);
+    const me: LockOwner = { pid: process.pid, host: hostname(), key, since: Date.now() };
+    let announced = false;
+    for (;;) {
+      if (ctx.signal.aborted) throw new InterruptedError();
+      try {
+        const fh = await open(path, 'wx', 0o644);
+        try {
+          await fh.writeFile(JSON.stringify(me));
+        } finally {
+          await fh.close();
+        }
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw new HostError(`cannot create lock ${path}: ${(e as Error).message}`, {
+            cause: e,
+            hint: `check that the cache directory ${this.root} is writable (or pass --cache DIR)`,
+          });
+        }
+      }
+      const owner = await readOwner(path);
+      if (owner && isStale(owner)) {
+        // Move the stale file aside first: only one of several waiters wins the rename.
+        const aside = `${path}.stale.${process.pid}.${randomBytes(4).toString('hex')}`;
+        try {
+          await rename(path, aside);
+          await unlink(aside);
+        } catch {
+          /* someone else took it over first */
+        }
+        continue;
+      }
+      if (!announced && owner) {
+        ctx.events({ kind: 'info', message: `waiting for ${key} (locked by pid ${owner.pid} on ${owner.host})` });
+        announced = true;
+      }
+      try {
+        await sleep(LOCK_POLL_MS, undefined, { signal: ctx.signal });
+      } catch {
+        throw new InterruptedError();
+      }
+    }
+    try {
+      return await fn();
+    } finally {
+      await unlink(path).catch(() => {});
+    }
+  }
+}
+
+interface LockOwner {
+  pid: number;
+  host: string;
+  key: string;
+  since: number;
+}
+
+/** A lock file that stays empty this long was left by a process that died between create and write. */
+const EMPTY_LOCK_STALE_MS = 10_000;
+
+async function readOwner(path: string): Promise<LockOwner | undefined> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as LockOwner;
+  } catch {
+    // Vanished, or its owner is between create and write: look again on the next round.
+    try {
+      const st = await stat(path);
+      if (Date.now() - st.mtimeMs > EMPTY_LOCK_STALE_MS) return { pid: -1, host: hostname(), key: '', since: st.mtimeMs };
+    } catch {
+      /* gone */
+    }
+    return undefined;
+  }
+}
+
+function isStale(owner: LockOwner): boolean {
+  if (owner.pid <= 0) return true;
+  if (owner.host !== hostname()) return Date.now() - owner.since > FOREIGN_LOCK_STALE_MS;
+  try {
+    process.kill(owner.pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
