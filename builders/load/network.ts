@@ -125,12 +125,12 @@ export function readNetwork(t: TomlTable, nodes: NodeDraft[], p: Problems): { ne
   }
 
   const network: NetworkSpec = {
-    nodeCidr: nodeCidr?.text,
-    gateway: gateway && formatAddress(gateway.family, gateway.value),
+    ...(nodeCidr && { nodeCidr: nodeCidr.text }),
+    ...(gateway && { gateway: formatAddress(gateway.family, gateway.value) }),
     dns: dns.filter((a): a is Addr => a !== undefined).map((a) => formatAddress(a.family, a.value)),
     podCidr: podCidr?.text ?? defaultPodCidr,
     serviceCidr: serviceCidr?.text ?? defaultServiceCidr,
-    vip: vip && formatAddress(vip.family, vip.value),
+    ...(vip && { vip: formatAddress(vip.family, vip.value) }),
   };
   return { network, ips };
 }
