@@ -169,6 +169,13 @@ size = 1073741824
     assert.match(err.errors[0]!.hint!, /ssh-keygen -t ed25519/);
   });
 
+  it('reads files with a byte-order mark and CRLF line ends, lines unchanged', () => {
+    const text = '\uFEFFname = "c"\r\n[os]\r\nchannel = "lts"\r\n[[nodes]]\r\nname = "a"\r\nrole = "control-plane"\r\nhardware = "pc"\r\nmac = "nope"\r\n';
+    const err = errorsOf(() => parseCluster(text, 'crlf.toml'));
+    assert.deepEqual(err.errors.map((e) => [e.keyPath, e.line]), [['nodes[0].mac', 8]]);
+    assert.equal(parseCluster(text.replace('"nope"', '"52:54:00:00:00:09"'), 'crlf.toml').os.channel, 'lts');
+  });
+
   it('reports a missing cluster file as bad input', async () => {
     await assert.rejects(loadClusterFile(join(root, 'examples/nope.toml')), (e: unknown) => e instanceof InputError && e.exitCode === 2);
   });

@@ -54,6 +54,7 @@ class Scanner {
     for (;;) {
       this.skipBlank(true);
       if (this.i >= this.s.length) break;
+      const before = this.i;
       if (this.s.startsWith('[[', this.i)) {
         this.i += 2;
         const keys = this.key();
@@ -75,6 +76,8 @@ class Scanner {
       } else {
         this.keyValue(table);
       }
+      // Never loop on text the scanner does not understand (it only sees valid TOML, but be safe).
+      if (this.i === before) this.i++;
     }
     return new KeyLines(this.lines);
   }
@@ -115,10 +118,12 @@ class Scanner {
       for (let index = 0; ; index++) {
         this.skipBlank(true);
         if (s[this.i] === ']' || this.i >= s.length) break;
+        const before = this.i;
         this.record([...path, index]);
         this.value([...path, index]);
         this.skipBlank(true);
         if (s[this.i] === ',') this.i++;
+        else if (this.i === before) this.i++;
       }
       this.i++;
       return;
@@ -128,9 +133,11 @@ class Scanner {
       for (;;) {
         this.skipBlank(true);
         if (s[this.i] === '}' || this.i >= s.length) break;
+        const before = this.i;
         this.keyValue(path);
         this.skipBlank(true);
         if (s[this.i] === ',') this.i++;
+        else if (this.i === before) this.i++;
       }
       this.i++;
       return;

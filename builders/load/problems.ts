@@ -36,7 +36,9 @@ export class Problems {
 const lineInMessage = /\bat line (\d+)/;
 
 /** Parse TOML 1.0 text; a syntax error becomes a ConfigError carrying the line j-toml reports. */
-export function parseToml(text: string, file: string): { table: TomlTable; lines: KeyLines } {
+export function parseToml(source: string, file: string): { table: TomlTable; lines: KeyLines } {
+  // Editors on Windows like to start files with a byte-order mark, which j-toml refuses.
+  const text = source.replace(/^\uFEFF/, '');
   let table: TomlTable;
   try {
     // bigint=false: integers outside the safe range are a parse error rather than a silent BigInt.
