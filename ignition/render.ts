@@ -64,7 +64,7 @@ const owner = (user?: string, group?: string) => ({
 
 /** Quote one argument for a systemd Exec line: `%` specifiers and `$` expansion are escaped. */
 export function systemdQuote(arg: string): string {
-  const escaped = arg.replaceAll('%', '%%').replaceAll('$', '$$');
+  const escaped = arg.replaceAll('%', '%%').replaceAll('$', () => '$$');
   if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(escaped)) return escaped;
   return `"${escaped.replaceAll('\\', '\\\\').replaceAll('"', '\\"')}"`;
 }

@@ -267,9 +267,9 @@ function readList<T>(r: Reader, node: YamlNode | null | undefined, at: string, r
 /** Parse and check one snippet; throws ConfigError (one problem) or ConfigErrors (several). */
 export function parseSnippet(text: string, file: string): Snippet {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  const doc = parseDocument(text, { lineCounter: lines });
   const r = new Reader(file, lines);
-  for (const e of doc.errors) r.errors.push(new ConfigError(file, '', e.linePos?.[0]?.line, `YAML: ${e.message.split('\n')[0]}`));
+  for (const e of doc.errors) r.errors.push(new ConfigError(file, '', e.linePos?.[0]?.line, `YAML: ${e.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '')}`));
   const snippet: Snippet = { file, files: [], links: [], units: [], users: [] };
   if (r.errors.length === 0 && doc.contents !== null) {
     const top = r.map(doc.contents, '', ['variant', 'version', 'storage', 'systemd', 'passwd']);

@@ -2,7 +2,9 @@
 // kernel arguments, network), independent of how it gets there. renderIgnition (Flatcar) and
 // renderCloudInit (HypriotOS) turn it into native configs; later stages add to it with addFile/addUnit.
 import type { Arch, ClusterSpec, NodeSpec, OsBase } from '../builders/spec.ts';
+import { InputError } from '../builders/errors.ts';
 import { NETWORKD_UNIT_PATH, networkIntentFor, renderNetworkdUnit, type NetworkIntent } from './network.ts';
+import { renderTemplate } from './render-templates.ts';
 
 /** Where an entry came from when a user snippet added it, so later checks can blame the right line. */
 export interface SpecOrigin {
@@ -183,4 +185,19 @@ export function cloneSpec(p: ProvisioningSpec): ProvisioningSpec {
 
 export function isRemote(c: FileContents): c is RemoteContents {
   return typeof c === 'object' && !Buffer.isBuffer(c);
+}
+
+/**
+ * The OEM partition's grub.cfg (base-images.md §5): appends `args` to Flatcar's kernel command line.
+ * Flatcar's GRUB already passes its default consoles, so a disk build may leave consoleArgs() out.
+ */
+export function renderOemGrubCfg(nodeName: string, args: readonly string[], options: { oemId?: string } = {}): string {
+  for (const a of args) {
+    // The value sits inside GRUB double quotes: no quotes, expansions, escapes or spaces inside one arg.
+    if (!a || /[\s"$\\`']/.test(a)) {
+      throw new InputError(`kernel argument ${JSON.stringify(a)} cannot go into grub.cfg`, { hint: 'remove quotes, $, backslashes and spaces from kernel arguments' });
+    }
+  }
+  if (options.oemId !== undefined && !/^[a-z0-9_-]+$/.test(options.oemId)) throw new InputError(`OEM id ${options.oemId} is not a plain name`);
+  return renderTemplate('oem-grub.cfg', { node: nodeName, oemId: options.oemId ?? null, args: args.join(' ') });
 }
