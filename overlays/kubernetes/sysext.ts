@@ -8,15 +8,13 @@
 // default CNI bin_dir and where flannel's init container drops its own `flannel` plugin, so neither
 // containerd nor the CNI manifest needs another path. /usr/libexec rather than the bakery's
 // /usr/local avoids shadowing anything Flatcar keeps at /usr/local.
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { InputError, InterruptedError, VerificationError } from '../../builders/errors.ts';
 import { run } from '../../builders/exec.ts';
 import type { Arch } from '../../builders/spec.ts';
+import { hashFile } from '../../images/download.ts';
 
 /** The extension's name: the image is linked as /etc/extensions/kubernetes.raw (§9.1). */
 export const SYSEXT_NAME = 'kubernetes';
@@ -148,7 +146,7 @@ export async function buildKubernetesSysext(opts: BuildSysextOptions): Promise<B
       [root, tmpOut, '-noappend', '-all-root', '-no-xattrs', '-mkfs-time', String(opts.epoch), '-all-time', String(opts.epoch), '-quiet', '-no-progress'],
       { signal, env },
     );
-    const digests = await fileDigests(tmpOut, signal);
+    const digests = await hashFile(tmpOut, signal);
     await rename(tmpOut, opts.out);
     return { path: opts.out, ...digests };
   } catch (e) {
@@ -157,24 +155,6 @@ export async function buildKubernetesSysext(opts: BuildSysextOptions): Promise<B
   } finally {
     await rm(work, { recursive: true, force: true });
   }
-}
-
-async function fileDigests(path: string, signal?: AbortSignal): Promise<Omit<BuiltSysext, 'path'>> {
-  const s256 = createHash('sha256');
-  const s512 = createHash('sha512');
-  let size = 0;
-  await pipeline(
-    createReadStream(path),
-    async function* (source: AsyncIterable<Buffer>) {
-      for await (const chunk of source) {
-        s256.update(chunk);
-        s512.update(chunk);
-        size += chunk.length;
-      }
-    },
-    { signal },
-  );
-  return { sha256: s256.digest('hex'), sha512: s512.digest('hex'), size };
 }
 
 async function mkdirs(root: string, rel: string) {
