@@ -3,8 +3,9 @@
 // resumed with a Range request on the next attempt; it is hashed, handed to the caller's verifier and
 // only then renamed into the blob store. A short body is never accepted.
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -257,6 +258,7 @@ function unsatisfiedTotal(v: string | null): number | undefined {
 async function downloadResumable(url: string, partial: string, ctx: FetchContext): Promise<{ size: number; sha256: string; sha512: string }> {
   let lastShort: { expected: number; got: number } | undefined;
   let lastError: BrambleError | undefined;
+  await mkdir(dirname(partial), { recursive: true });
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     if (attempt > 1) await sleep(200 * attempt, undefined, { signal: ctx.signal }).catch(() => {});
     if (ctx.signal.aborted) throw networkError(url, undefined, ctx.signal);
@@ -366,12 +368,21 @@ async function streamBody(
       cb();
     },
   });
-  await pipeline(
-    Readable.fromWeb(res.body as WebReadableStream<Uint8Array>),
-    progress,
-    createWriteStream(partial, { flags: append ? 'a' : 'w' }),
-    { signal: ctx.signal },
-  );
+  const fh = await open(partial, append ? 'a' : 'w');
+  try {
+    await pipeline(
+      Readable.fromWeb(res.body as WebReadableStream<Uint8Array>),
+      progress,
+      // Each chunk is on disk before the next is read, so after a dropped connection the partial file
+      // holds every byte received and the resume starts exactly there.
+      async (source: AsyncIterable<Buffer>) => {
+        for await (const chunk of source) await fh.write(chunk);
+      },
+      { signal: ctx.signal },
+    );
+  } finally {
+    await fh.close();
+  }
 }
 
 /** sha256 and sha512 of a file in one read. */
