@@ -130,11 +130,12 @@ export async function run(tool: string, args: readonly string[], opts: RunOption
 /**
  * Start a host tool whose stdout is consumed as a stream (a decompressor feeding a sparse writer).
  * Read `stdout` to its end, then await `done`: it rejects like run() on a non-zero exit.
+ * `stdin`, when given, is piped into the tool.
  */
 export function runStreaming(
   tool: string,
   args: readonly string[],
-  opts: { signal?: AbortSignal; cwd?: string } = {},
+  opts: { signal?: AbortSignal; cwd?: string; stdin?: AsyncIterable<Uint8Array> } = {},
 ): { stdout: NodeJS.ReadableStream & AsyncIterable<Buffer>; done: Promise<RunResult> } {
   const path = requireTool(tool);
   const sub = execa(path, [...args], {
@@ -142,7 +143,8 @@ export function runStreaming(
     cwd: opts.cwd,
     reject: false,
     encoding: 'buffer',
-    stdin: 'ignore',
+    // A stream to feed the tool (a decompressor reading a download), or nothing.
+    stdin: opts.stdin ?? 'ignore',
     buffer: { stdout: false, stderr: true },
   });
   const done = sub.then(async (r) => {
@@ -158,5 +160,7 @@ export function runStreaming(
     }
     return { stdout: '', stderr, exitCode };
   });
+  // execa resumes an unread stdout after one tick (it would drop the data); paused, it waits for our reader.
+  sub.stdout.pause();
   return { stdout: sub.stdout as NodeJS.ReadableStream & AsyncIterable<Buffer>, done };
 }
