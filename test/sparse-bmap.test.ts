@@ -8,6 +8,12 @@ import { test } from 'node:test';
 import { InputError, VerificationError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { readBmap, verifyImageWithBmap, writeBmap } from '../images/bmap.ts';
+import { buildBtrfs } from '../images/btrfs.ts';
+import { writeExt4Files } from '../images/ext4.ts';
+import { writeFatFiles } from '../images/fat.ts';
+import { emptyGpt, PartitionType, writeGpt } from '../images/gpt.ts';
+import { derivedUuid } from '../images/guid.ts';
+import { withPartition } from '../images/partition.ts';
 import { addRange, alignRanges, copySparse, mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
 
 const MiB = 1024 * 1024;
@@ -67,7 +73,7 @@ test('scanDataRanges finds the non-zero 4 KiB blocks', async (t) => {
 test('copySparse copies data and keeps holes, with and without known ranges', async (t) => {
   const dir = await tempDir(t);
   const img = join(dir, 'a.img');
-  await makeImage(img, 256 * MiB, SPOTS);
+  await makeImage(img, 48 * MiB, SPOTS);
   const original = await readFile(img);
   for (const variant of ['scan', 'ranges', 'default'] as const) {
     const dest = join(dir, `copy-${variant}.img`);
@@ -150,3 +156,48 @@ async function resign(text: string): Promise<string> {
   const zeroed = text.replace(m[1]!, '0'.repeat(64));
   return zeroed.replace('0'.repeat(64), createHash('sha256').update(zeroed).digest('hex'));
 }
+
+test('partition edits report what they wrote: base map plus those ranges make a bmap that reproduces the image', async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'base.img');
+  // A small disk laid out like Flatcar's: ESP (FAT32), OEM (btrfs), ROOT (ext4), each found by name.
+  const ESP = { first: 2048, sectors: 262144 };
+  const OEM = { first: 264192, sectors: 65536 };
+  const ROOT = { first: 329728, sectors: 131072 };
+  await makeImage(img, 240 * MiB, []);
+  const gpt = emptyGpt((240 * MiB) / 512, derivedUuid('disk'));
+  const part = (number: number, name: string, typeGuid: string, p: { first: number; sectors: number }) =>
+    ({ number, name, typeGuid, uniqueGuid: derivedUuid(name), firstLba: p.first, lastLba: p.first + p.sectors - 1, attributes: 0n });
+  gpt.partitions = [part(1, 'EFI-SYSTEM', PartitionType.efiSystem, ESP), part(6, 'OEM', PartitionType.linuxData, OEM), part(9, 'ROOT', PartitionType.flatcarResize, ROOT)];
+  await writeGpt(img, gpt);
+  await run('mkfs.vfat', ['-F', '32', '-n', 'EFI-SYSTEM', '-i', '12345678', '--offset', String(ESP.first), img, String(ESP.sectors / 2)]);
+  await run('mke2fs', ['-q', '-t', 'ext4', '-L', 'ROOT', '-E', `offset=${ROOT.first * 512}`, img, `${ROOT.sectors / 2}k`]);
+  const base = await scanDataRanges(img);
+
+  const copy = join(dir, 'node.img');
+  const { dataRanges } = await copySparse(img, copy, { dataRanges: base });
+  let ranges = mergeRanges(dataRanges!);
+  const oem = await withPartition(copy, { label: 'OEM' }, async (p) => {
+    const fs = await buildBtrfs({ label: 'OEM', sizeBytes: p.size, files: [{ path: '/config.ign', data: '{}' }], fsUuid: derivedUuid('oem'), epoch: 1, workDir: dir });
+    return p.writeFile(fs);
+  });
+  assert.deepEqual(oem.written, oem.value);
+  const esp = await withPartition(copy, { typeGuid: PartitionType.efiSystem }, async (p) => {
+    await writeFatFiles(copy, p.offset, [{ path: '/config.txt', data: 'arm_64bit=1\n' }], { epoch: 1700000000, workDir: dir });
+    await p.rescan();
+  });
+  const root = await withPartition(copy, { label: 'ROOT' }, async (p) => {
+    await writeExt4Files(copy, { offset: p.offset }, [{ path: '/opt/x', type: 'file', data: 'x', mode: 0o644 }], { epoch: 1, workDir: dir });
+    await p.rescan();
+  });
+  for (const edit of [oem, esp, root]) ranges = mergeRanges([...ranges, ...edit.written]);
+  await assert.rejects(withPartition(copy, { label: 'OEM' }, async (p) => p.wrote([[0, 512]])), /outside its span/);
+
+  // Every data block of the edited image is in the map, so bmaptool reproduces it exactly.
+  const bmapPath = join(dir, 'node.img.bmap');
+  await writeBmap(copy, ranges, bmapPath);
+  const out = join(dir, 'flashed.img');
+  await run('bmaptool', ['copy', '--bmap', bmapPath, copy, out]);
+  await run('cmp', [copy, out]);
+  assert.match((await run('sgdisk', ['-v', copy])).stdout, /No problems found/);
+});
