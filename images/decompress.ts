@@ -41,9 +41,13 @@ export function bzip2Tool(): string {
   return 'bzip2';
 }
 
-/** Decompress a .bz2 file into a sparse file at `dest`. */
-export async function decompressToSparse(src: string, dest: string, opts: SparseOptions): Promise<SparseResult> {
-  const tool = bzip2Tool();
+/** Decompress a .bz2 file into a sparse file at `dest` (with the fastest decompressor unless `tool` says). */
+export async function decompressToSparse(
+  src: string,
+  dest: string,
+  opts: SparseOptions & { tool?: 'lbzip2' | 'pbzip2' | 'bzip2' },
+): Promise<SparseResult> {
+  const tool = opts.tool ?? bzip2Tool();
   const proc = runStreaming(tool, ['-d', '-c', src], { signal: opts.signal });
   return writeFromTool(proc, dest, opts);
 }
