@@ -4,7 +4,7 @@
 import { mkdir, mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
-import { InputError } from '../builders/errors.ts';
+import { InputError, InterruptedError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { layoutBtrfs, type BtrfsOptions } from './btrfs-layout.ts';
 import { extractPartition, type PartitionSpan } from './partition.ts';
@@ -16,6 +16,7 @@ export { BTRFS_MIN_SIZE, layoutBtrfs, type BtrfsFile, type BtrfsImage, type Btrf
  * its path. Copy it into a partition with writePartition (images/partition.ts).
  */
 export async function buildBtrfs(opts: BtrfsOptions & { workDir?: string; signal?: AbortSignal }): Promise<string> {
+  if (opts.signal?.aborted) throw new InterruptedError();
   const image = layoutBtrfs(opts);
   const dir = await mkdtemp(join(opts.workDir ?? tmpdir(), 'btrfs-'));
   const path = join(dir, `${opts.label || 'btrfs'}.img`);

@@ -56,7 +56,11 @@ function ext4Path(path: string): string {
   if (/["\\\x00-\x1f]/.test(norm) || norm.split('/').includes('..')) throw new InputError(`ext4 path ${JSON.stringify(path)} cannot be written`);
   return norm;
 }
-const q = (s: string) => `"${s}"`;
+/** One double-quoted debugfs argument; debugfs has no escape for a quote inside quotes. */
+const q = (s: string) => {
+  if (/["\x00-\x1f]/.test(s)) throw new InputError(`${JSON.stringify(s)} cannot be passed to debugfs (quote or control character)`);
+  return `"${s}"`;
+};
 
 async function withTemp<T>(opts: Ext4Options, fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(opts.workDir ?? tmpdir(), 'ext4-'));
