@@ -107,6 +107,23 @@ test('fills a 1 GiB OEM (the current layout) the same way', async (t) => {
   assert.match(sup, /^total_bytes\s+1073741824$/m);
 });
 
+test('names whose hashes collide share one DIR_ITEM and both stay reachable', async (t) => {
+  const dir = await tempDir(t);
+  // crc32c(~1, name) of these two names is 2959012715 (found by search).
+  const files = [
+    { path: '/d/aaf9038b5201', data: 'first' },
+    { path: '/d/6a07c6342dfb', data: 'second' },
+  ];
+  const fs = await buildBtrfs({ label: 'OEM', sizeBytes: 16 * MiB, files, fsUuid: derivedUuid('collide'), epoch: EPOCH, workDir: dir });
+  await run('btrfs', ['check', '--readonly', '--check-data-csum', fs]);
+  const tree = (await run('btrfs', ['inspect-internal', 'dump-tree', '-t', 'fs', fs])).stdout;
+  assert.equal(tree.match(/DIR_ITEM 2959012715\)/g)?.length, 1);
+  const out = join(dir, 'out');
+  await mkdir(out);
+  await run('btrfs', ['restore', fs, out]);
+  for (const f of files) assert.equal(await readFile(join(out, f.path), 'utf8'), f.data);
+});
+
 test('rejects what cannot be built', async (t) => {
   const dir = await tempDir(t);
   const base = { label: 'OEM', fsUuid: derivedUuid('x'), epoch: EPOCH, workDir: dir };
