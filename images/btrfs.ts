@@ -8,14 +8,15 @@ import { InputError, InterruptedError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { layoutBtrfs, type BtrfsOptions } from './btrfs-layout.ts';
 import { extractPartition, type PartitionSpan } from './partition.ts';
+import { alignRanges, type ByteRange } from './sparse.ts';
 
 export { BTRFS_MIN_SIZE, layoutBtrfs, type BtrfsFile, type BtrfsImage, type BtrfsOptions } from './btrfs-layout.ts';
 
 /**
- * Build the filesystem into a new sparse file under `workDir` (a temp dir of the run) and return
- * its path. Copy it into a partition with writePartition (images/partition.ts).
+ * Build the filesystem into a new sparse file under `workDir` (a temp dir of the run); returns its
+ * path and its data ranges (for writePartition's fileRanges, so it need not read the holes).
  */
-export async function buildBtrfs(opts: BtrfsOptions & { workDir?: string; signal?: AbortSignal }): Promise<string> {
+export async function buildBtrfsImage(opts: BtrfsOptions & { workDir?: string; signal?: AbortSignal }): Promise<{ path: string; dataRanges: ByteRange[] }> {
   if (opts.signal?.aborted) throw new InterruptedError();
   const image = layoutBtrfs(opts);
   const dir = await mkdtemp(join(opts.workDir ?? tmpdir(), 'btrfs-'));
@@ -30,7 +31,12 @@ export async function buildBtrfs(opts: BtrfsOptions & { workDir?: string; signal
   } finally {
     await fh.close();
   }
-  return path;
+  return { path, dataRanges: alignRanges(image.writes.map((w): ByteRange => [w.offset, w.offset + w.data.length]), image.size) };
+}
+
+/** Build the filesystem into a new sparse file under `workDir` and return its path (see writePartition). */
+export async function buildBtrfs(opts: BtrfsOptions & { workDir?: string; signal?: AbortSignal }): Promise<string> {
+  return (await buildBtrfsImage(opts)).path;
 }
 
 /** Read one file of a btrfs inside an image (btrfs restore, from the partition copied to a temp file). */

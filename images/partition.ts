@@ -4,7 +4,7 @@
 import { open } from 'node:fs/promises';
 import { InputError, InterruptedError } from '../builders/errors.ts';
 import { findPartition, partitionBytes, readGpt, type Gpt, type GptPartition, type PartitionQuery } from './gpt.ts';
-import { DATA_BLOCK, forEachDataRun, mergeRanges, scanDataRanges, writeFully, type ByteRange } from './sparse.ts';
+import { alignRanges, DATA_BLOCK, forEachDataRun, mergeRanges, scanDataRanges, writeFully, type ByteRange } from './sparse.ts';
 
 /** Where a partition's bytes are in the image. */
 export interface PartitionSpan {
@@ -27,46 +27,66 @@ export async function extractPartition(image: string, span: PartitionSpan, dest:
   }
 }
 
+export interface WritePartitionOptions {
+  signal?: AbortSignal;
+  /** The file's data ranges (offsets in the file), when known (buildBtrfsImage returns them). */
+  fileRanges?: readonly ByteRange[];
+  /** The image's data ranges (image offsets), when known (the base map). */
+  imageRanges?: readonly ByteRange[];
+}
+
 /**
  * Make the partition's first bytes equal `file` (a filesystem image no larger than the partition),
  * writing only the 4 KiB blocks that differ, so unchanged blocks and holes are left alone. Returns
  * the image byte ranges that now hold the file's data (its non-zero blocks): the partition's data
  * map after the write, for a bmap built from the base map with this partition's part replaced.
+ * Given both data maps, only the blocks in either are read: elsewhere both sides are zeros.
  */
-export async function writePartition(image: string, span: PartitionSpan, file: string, opts: { signal?: AbortSignal } = {}): Promise<ByteRange[]> {
+export async function writePartition(image: string, span: PartitionSpan, file: string, opts: WritePartitionOptions = {}): Promise<ByteRange[]> {
   const src = await open(file, 'r');
   const dst = await open(image, 'r+');
   const data: ByteRange[] = [];
   try {
     const size = (await src.stat()).size;
     if (size > span.size) throw new InputError(`${file} (${size} bytes) does not fit the partition of ${span.size} bytes at byte ${span.offset} of ${image}`);
+    const visit: ByteRange[] =
+      opts.fileRanges && opts.imageRanges
+        ? alignRanges(
+            [...opts.fileRanges, ...opts.imageRanges.map(([s, e]): ByteRange => [s - span.offset, e - span.offset])]
+              .map(([s, e]): ByteRange => [Math.max(0, s), Math.min(size, e)])
+              .filter(([s, e]) => e > s),
+            size,
+          )
+        : [[0, size]];
     const a = Buffer.alloc(IO_CHUNK);
     const b = Buffer.alloc(IO_CHUNK);
     const zero = Buffer.alloc(DATA_BLOCK);
     const zeroChunk = Buffer.alloc(IO_CHUNK);
-    for (let pos = 0; pos < size; pos += IO_CHUNK) {
-      if (opts.signal?.aborted) throw new InterruptedError();
-      const n = Math.min(IO_CHUNK, size - pos);
-      const [ra, rb] = await Promise.all([src.read(a, 0, n, pos), dst.read(b, 0, n, span.offset + pos)]);
-      if (ra.bytesRead !== n) throw new InputError(`${file} shrank while being written into ${image}`);
-      b.fill(0, rb.bytesRead, n);
-      // Most of a fresh filesystem is zeros over a hole: one comparison each settles a whole chunk.
-      const aZero = zeroChunk.compare(a, 0, n, 0, n) === 0;
-      if (aZero && zeroChunk.compare(b, 0, n, 0, n) === 0) continue;
-      const identical = a.compare(b, 0, n, 0, n) === 0;
-      const same = (from: number, to: number) => identical || a.compare(b, from, to, from, to) === 0;
-      let run = -1; // start of a run of differing blocks not yet written
-      const flush = async (end: number) => {
-        if (run >= 0) await writeFully(dst, a.subarray(run, end), span.offset + pos + run);
-        run = -1;
-      };
-      for (let i = 0; i < n; i += DATA_BLOCK) {
-        const end = Math.min(n, i + DATA_BLOCK);
-        if (same(i, end)) await flush(i);
-        else if (run < 0) run = i;
-        if (!aZero && zero.compare(a, i, end, 0, end - i) !== 0) data.push([span.offset + pos + i, span.offset + pos + end]);
+    for (const [from, to] of visit) {
+      for (let pos = from; pos < to; pos += IO_CHUNK) {
+        if (opts.signal?.aborted) throw new InterruptedError();
+        const n = Math.min(IO_CHUNK, to - pos);
+        const [ra, rb] = await Promise.all([src.read(a, 0, n, pos), dst.read(b, 0, n, span.offset + pos)]);
+        if (ra.bytesRead !== n) throw new InputError(`${file} shrank while being written into ${image}`);
+        b.fill(0, rb.bytesRead, n);
+        // Most of a fresh filesystem is zeros over a hole: one comparison each settles a whole chunk.
+        const aZero = zeroChunk.compare(a, 0, n, 0, n) === 0;
+        if (aZero && zeroChunk.compare(b, 0, n, 0, n) === 0) continue;
+        const identical = a.compare(b, 0, n, 0, n) === 0;
+        const same = (f: number, t: number) => identical || a.compare(b, f, t, f, t) === 0;
+        let run = -1; // start of a run of differing blocks not yet written
+        const flush = async (end: number) => {
+          if (run >= 0) await writeFully(dst, a.subarray(run, end), span.offset + pos + run);
+          run = -1;
+        };
+        for (let i = 0; i < n; i += DATA_BLOCK) {
+          const end = Math.min(n, i + DATA_BLOCK);
+          if (same(i, end)) await flush(i);
+          else if (run < 0) run = i;
+          if (!aZero && zero.compare(a, i, end, 0, end - i) !== 0) data.push([span.offset + pos + i, span.offset + pos + end]);
+        }
+        await flush(n);
       }
-      await flush(n);
     }
   } finally {
     await dst.close();
@@ -84,7 +104,7 @@ export interface PartitionEdit extends PartitionSpan {
   /** After a host tool edited the partition in place (mtools, debugfs): record its data blocks by scanning this partition only. */
   rescan(): Promise<void>;
   /** writePartition into this partition, recording what it wrote. */
-  writeFile(file: string): Promise<ByteRange[]>;
+  writeFile(file: string, ranges?: Pick<WritePartitionOptions, 'fileRanges' | 'imageRanges'>): Promise<ByteRange[]>;
 }
 
 /**
@@ -116,8 +136,8 @@ export async function withPartition<T>(
     ...span,
     wrote,
     rescan: async () => wrote(await scanDataRanges(image, { start: span.offset, end: span.offset + span.size, signal: opts.signal })),
-    writeFile: async (file) => {
-      const ranges = await writePartition(image, span, file, opts);
+    writeFile: async (file, known) => {
+      const ranges = await writePartition(image, span, file, { ...known, signal: opts.signal });
       wrote(ranges);
       return ranges;
     },
