@@ -35,7 +35,7 @@ export function parseCluster(text: string, file: string, opts: { sourcesText?: s
     const p = new Problems(file, lines);
     const clean = checkShape(table, clusterSchema, [], p);
     const draft = readCluster(clean, p, file, dirname(file));
-    errors.push(...p.sorted());
+    errors.push(...p.sorted(), ...draft.foreign);
     spec = { ...draft.spec, sources: resolveSources(draft.sources) };
   } catch (e) {
     if (!(e instanceof ConfigErrors)) throw e;

@@ -48,6 +48,22 @@ export interface NodeSpec {
   arch: Arch;
   /** 1-based line of the node's [[nodes]] table in the source file, for messages from later stages. */
   line?: number;
+  /** Extra kernel arguments for this node (after the cluster's provision.kernelArgs). */
+  kernelArgs?: string[];
+  /** Butane-style YAML snippets merged into this node's config (after the cluster's). */
+  snippets?: SnippetSource[];
+}
+
+/** A user snippet file, read at load time (its path names it in messages). */
+export interface SnippetSource {
+  file: string;
+  text: string;
+}
+
+/** Cluster-wide additions to every node's first-boot config. */
+export interface ProvisionSettings {
+  kernelArgs: string[];
+  snippets: SnippetSource[];
 }
 
 export interface NetworkSpec {
@@ -70,6 +86,8 @@ export interface ClusterSpec {
   network: NetworkSpec;
   ssh: { authorizedKeys: string[] };
   registry: { mirror: boolean; extraImages: string[] };
+  /** Optional: kernel arguments and snippets for every node (absent means none). */
+  provision?: ProvisionSettings;
   sources: Sources;
   nodes: NodeSpec[];
 }

@@ -14,6 +14,8 @@ import { readNetwork } from './network.ts';
 import { readNodes } from './nodes.ts';
 import { Problems, isTable, suggest, type TomlTable } from './problems.ts';
 import { readSourcesTable } from './sources.ts';
+import { readKernelArgs, readSnippets } from './provision.ts';
+import type { ConfigError } from '../errors.ts';
 import { checkImageRef, checkLabel, checkSshKey } from './values.ts';
 
 export const osBases: readonly OsBase[] = ['flatcar', 'hypriot'];
@@ -22,11 +24,16 @@ export const cnis: readonly Cni[] = ['flannel', 'calico', 'cilium', 'none'];
 const flatcarVersionPattern = /^\d+\.\d+\.\d+$/;
 const hypriotVersionPattern = /^v?(\d+\.\d+\.\d+)$/;
 
+/** `{ [key]: list }` when the list has entries, else nothing: specs carry no empty optional lists. */
+const nonEmpty = <K extends string, T>(key: K, list: T[]) => (list.length ? ({ [key]: list } as Record<K, T[]>) : {});
+
 const section = (t: TomlTable, key: string): TomlTable => (isTable(t[key]) ? (t[key] as TomlTable) : {});
 
 export interface ClusterDraft {
   spec: Omit<ClusterSpec, 'sources'>;
   sources: Partial<Sources>;
+  /** Problems found inside other files the config names (snippets), with their own file and line. */
+  foreign: ConfigError[];
 }
 
 export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: string): ClusterDraft {
@@ -60,6 +67,14 @@ export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: st
 
   const sources = isTable(t.sources) ? readSourcesTable(t.sources as TomlTable, ['sources'], p, baseDir) : {};
 
+  const foreign: ConfigError[] = [];
+  const provisionTable = section(t, 'provision');
+  const provision = {
+    kernelArgs: readKernelArgs(provisionTable.kernel_args, ['provision', 'kernel_args'], p),
+    snippets: readSnippets(provisionTable.snippets, ['provision', 'snippets'], p, baseDir, foreign),
+  };
+  const nodeTables = (Array.isArray(t.nodes) ? t.nodes : []) as TomlTable[];
+
   const drafts = readNodes(t.nodes as TomlTable[] | undefined, os.baseKnown ? os.base : undefined, p);
   const { network, ips } = readNetwork(section(t, 'network'), drafts, p);
 
@@ -74,6 +89,8 @@ export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: st
     ...(d.sizeBytes !== undefined && { sizeBytes: d.sizeBytes }),
     arch: archOf(d.hardware ?? 'pc', os.base),
     line: p.lines.lineOf(['nodes', d.index]),
+    ...nonEmpty('kernelArgs', readKernelArgs(nodeTables[d.index]?.kernel_args, ['nodes', d.index, 'kernel_args'], p)),
+    ...nonEmpty('snippets', readSnippets(nodeTables[d.index]?.snippets, ['nodes', d.index, 'snippets'], p, baseDir, foreign)),
   }));
 
   return {
@@ -85,9 +102,11 @@ export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: st
       network,
       ssh: { authorizedKeys },
       registry: { mirror: registry.mirror !== false, extraImages },
+      ...(provision.kernelArgs.length || provision.snippets.length ? { provision } : {}),
       nodes,
     },
     sources,
+    foreign,
   };
 }
 

@@ -75,6 +75,14 @@ export const clusterSchema: KeySpec = {
         extra_images: { kind: 'string-array', example: 'extra_images = ["docker.io/library/nginx:1.27"]' },
       },
     },
+    provision: {
+      kind: 'table',
+      example: '[provision]',
+      keys: {
+        kernel_args: { kind: 'string-array', example: 'kernel_args = ["flatcar.autologin"]' },
+        snippets: { kind: 'string-array', example: 'snippets = ["snippets/motd.yaml"]' },
+      },
+    },
     sources: sourcesSection,
     nodes: {
       kind: 'table-array',
@@ -88,6 +96,8 @@ export const clusterSchema: KeySpec = {
         ip: { kind: 'string', example: 'ip = "192.168.50.10"' },
         install: { kind: 'boolean', example: 'install = true' },
         size: { kind: 'size', example: 'size = "16GiB"' },
+        kernel_args: { kind: 'string-array', example: 'kernel_args = ["usbcore.autosuspend=-1"]' },
+        snippets: { kind: 'string-array', example: 'snippets = ["snippets/cp-1.yaml"]' },
       },
     },
   },

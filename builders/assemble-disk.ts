@@ -1,0 +1,82 @@
+// A Flatcar node image: the verified base image copied sparsely (reflink where possible), then edited
+// in place as a file — GPT parsed in TypeScript, the OEM btrfs rebuilt with the node's config.ign and
+// grub.cfg, the ESP given the Raspberry Pi 4 UEFI firmware for rpi4 nodes. The bmap is the base
+// image's data map with the edited partitions' ranges replaced, so nothing is rescanned in full.
+import { mkdir, rm } from 'node:fs/promises';
+import { writeBmap } from '../images/bmap.ts';
+import { buildBtrfs, writePartition } from '../images/btrfs.ts';
+import { writeFatFiles } from '../images/fat.ts';
+import { findPartition, growImage, partitionBytes, PartitionType, readGpt } from '../images/gpt.ts';
+import { derivedUuid } from '../images/guid.ts';
+import { copySparse, mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
+import { renderOemGrubCfg } from '../overlays/provision.ts';
+import { replaceRanges, type AssembleImageOptions } from './assemble-hypriot.ts';
+import { rpi4FirmwareFiles } from './rpi4-firmware.ts';
+import { layout } from './layout.ts';
+
+/** OEM file names Flatcar reads (base-images.md §3, §5, §6.3). */
+export const OEM_CONFIG = 'config.ign';
+export const OEM_GRUB_CFG = 'grub.cfg';
+
+export async function assembleDiskImage(o: AssembleImageOptions): Promise<void> {
+  const { node, ignitionJson, provisioning } = o.rendered;
+  const base = o.inputs.get(`flatcar-image-${node.arch}`);
+  if (!base?.derivedPath || !base.dataRanges) throw new Error(`assemble-disk: no decompressed Flatcar image for ${node.arch}`);
+  if (!ignitionJson) throw new Error(`assemble-disk: node ${node.name} has no Ignition config`);
+  const imageRel = layout.image(node.name);
+  const tmp = await o.out.tempPathFor(imageRel);
+  const bmapTmp = await o.out.tempPathFor(layout.bmap(node.name));
+  await mkdir(o.workDir, { recursive: true });
+  try {
+    await copySparse(base.derivedPath, tmp, { dataRanges: base.dataRanges, signal: o.signal });
+    let ranges: ByteRange[] = mergeRanges(base.dataRanges);
+    if (node.sizeBytes) {
+      const grown = await growImage(tmp, node.sizeBytes, { growPartition: 'ROOT' });
+      ranges = mergeRanges([...ranges, ...grown.written]);
+    }
+    const gpt = await readGpt(tmp);
+
+    // OEM: rebuilt whole at its existing size, with a filesystem UUID derived from cluster and node.
+    const oem = partitionBytes(gpt, findPartition(gpt, { label: 'OEM', typeGuid: PartitionType.linuxData }));
+    // Flatcar's GRUB already passes its own console arguments; the OEM grub.cfg adds only the rest.
+    const extraArgs = provisioning.kernelArgs.filter((a) => !a.startsWith('console='));
+    const fsImage = await buildBtrfs({
+      label: 'OEM',
+      sizeBytes: oem.size,
+      files: [
+        { path: `/${OEM_CONFIG}`, data: ignitionJson, mode: 0o600 },
+        { path: `/${OEM_GRUB_CFG}`, data: renderOemGrubCfg(node.name, extraArgs), mode: 0o644 },
+      ],
+      fsUuid: derivedUuid('bramble', o.spec.name, node.name, 'oem-fs'),
+      deviceUuid: derivedUuid('bramble', o.spec.name, node.name, 'oem-dev'),
+      epoch: o.epoch,
+      compression: 'zlib',
+      workDir: o.workDir,
+      signal: o.signal,
+    });
+    try {
+      const written = await writePartition(tmp, oem, fsImage, { signal: o.signal });
+      ranges = replaceRanges(ranges, oem.offset, oem.offset + oem.size, written);
+    } finally {
+      await rm(fsImage, { force: true });
+    }
+
+    if (node.hardware === 'rpi4') {
+      const esp = partitionBytes(gpt, findPartition(gpt, { label: 'EFI-SYSTEM', typeGuid: PartitionType.efiSystem }));
+      const files = await rpi4FirmwareFiles(o);
+      await writeFatFiles(tmp, esp.offset, files, { signal: o.signal, epoch: o.epoch, workDir: o.workDir });
+      const espData = await scanDataRanges(tmp, { start: esp.offset, end: esp.offset + esp.size, signal: o.signal });
+      ranges = replaceRanges(ranges, esp.offset, esp.offset + esp.size, espData);
+    }
+
+    await writeBmap(tmp, ranges, bmapTmp, { signal: o.signal });
+    const meta = { node: node.name, target: node.hardware, arch: node.arch };
+    await o.out.adoptFile(layout.bmap(node.name), bmapTmp, { kind: 'bmap', ...meta, secret: false });
+    // The image carries the node's config (and later its keys), so it is as secret as the config.
+    await o.out.adoptFile(imageRel, tmp, { kind: 'disk-image', ...meta, secret: true });
+  } catch (e) {
+    await rm(tmp, { force: true });
+    await rm(bmapTmp, { force: true });
+    throw e;
+  }
+}

@@ -1,0 +1,75 @@
+// A HypriotOS node image: the verified base image copied sparsely, with the node's NoCloud seed
+// (user-data, meta-data, network-config) written into the FAT boot partition by mtools. The MBR,
+// its disk signature (PARTUUIDs in cmdline.txt) and every byte outside the FAT partition stay as
+// they were.
+import { rm } from 'node:fs/promises';
+import { writeBmap } from '../images/bmap.ts';
+import { writeFatFiles } from '../images/fat.ts';
+import { MBR_FAT_TYPES, mbrPartitionBytes, readMbr } from '../images/mbr.ts';
+import { copySparse, mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
+import type { RenderedNode } from './build.ts';
+import { InputError } from './errors.ts';
+import type { StageContext } from './events.ts';
+import type { FetchedInput } from './fetch.ts';
+import { layout } from './layout.ts';
+import type { OutputWriter } from './output.ts';
+import type { ClusterSpec } from './spec.ts';
+
+export interface AssembleImageOptions extends StageContext {
+  spec: ClusterSpec;
+  rendered: RenderedNode;
+  inputs: Map<string, FetchedInput>;
+  out: OutputWriter;
+  epoch: number;
+  workDir: string;
+}
+
+/** Replace the ranges inside [start, end) by `inside`, keeping the rest of `base`. */
+export function replaceRanges(base: readonly ByteRange[], start: number, end: number, inside: readonly ByteRange[]): ByteRange[] {
+  const kept: ByteRange[] = [];
+  for (const [s, e] of base) {
+    if (e <= start || s >= end) kept.push([s, e]);
+    else {
+      if (s < start) kept.push([s, start]);
+      if (e > end) kept.push([end, e]);
+    }
+  }
+  return mergeRanges([...kept, ...inside]);
+}
+
+export async function assembleHypriotImage(o: AssembleImageOptions): Promise<void> {
+  const { node, cloudInit } = o.rendered;
+  const base = o.inputs.get(`hypriot-image-${node.arch}`);
+  if (!base?.derivedPath || !base.dataRanges) throw new Error(`assemble-hypriot: no decompressed HypriotOS image for ${node.arch}`);
+  if (!cloudInit) throw new Error(`assemble-hypriot: node ${node.name} has no cloud-init seed`);
+  const imageRel = layout.image(node.name);
+  const tmp = await o.out.tempPathFor(imageRel);
+  const bmapTmp = await o.out.tempPathFor(layout.bmap(node.name));
+  try {
+    await copySparse(base.derivedPath, tmp, { dataRanges: base.dataRanges, signal: o.signal });
+    const mbr = await readMbr(tmp);
+    const boot = mbr.partitions.find((p) => MBR_FAT_TYPES.has(p.type));
+    if (!boot) throw new InputError(`the HypriotOS image ${base.url} has no FAT boot partition`, { hint: 'check sources.hypriot points at HypriotOS releases' });
+    const { offset, size } = mbrPartitionBytes(boot);
+    await writeFatFiles(
+      tmp,
+      offset,
+      [
+        { path: '/user-data', data: cloudInit.userData },
+        { path: '/meta-data', data: cloudInit.metaData },
+        { path: '/network-config', data: cloudInit.networkConfig },
+      ],
+      { signal: o.signal, epoch: o.epoch, workDir: o.workDir },
+    );
+    const written = await scanDataRanges(tmp, { start: offset, end: offset + size, signal: o.signal });
+    const ranges = replaceRanges(base.dataRanges, offset, offset + size, written);
+    await writeBmap(tmp, ranges, bmapTmp, { signal: o.signal });
+    const meta = { node: node.name, target: node.hardware, arch: node.arch, secret: true };
+    await o.out.adoptFile(layout.bmap(node.name), bmapTmp, { kind: 'bmap', ...meta, secret: false });
+    await o.out.adoptFile(imageRel, tmp, { kind: 'disk-image', ...meta });
+  } catch (e) {
+    await rm(tmp, { force: true });
+    await rm(bmapTmp, { force: true });
+    throw e;
+  }
+}

@@ -1,0 +1,126 @@
+// The static PXE tree: Flatcar's PXE kernel and initrd per arch and version, iPXE binaries, boot.ipxe,
+// one script and one config initrd per netbooted node, and dnsmasq configs (full DHCP and proxyDHCP).
+import { readFile } from 'node:fs/promises';
+import { InputError } from './errors.ts';
+import type { StageContext } from './events.ts';
+import type { FetchedInput } from './fetch.ts';
+import { layout } from './layout.ts';
+import type { OutputWriter } from './output.ts';
+import { buildNodeCpio, renderBootIpxe, renderDnsmasq, renderNodeIpxe } from './pxe-render.ts';
+import type { ClusterSpec, NodeSpec } from './spec.ts';
+
+export const PXE_KERNEL = 'flatcar_production_pxe.vmlinuz';
+export const PXE_INITRD = 'flatcar_production_pxe_image.cpio.gz';
+/** Port the first node's HTTP server uses for the tree unless [pxe] http_base says otherwise. */
+export const DEFAULT_PXE_HTTP_PORT = 8080;
+
+export interface PxeNodeConfig {
+  node: NodeSpec;
+  /** The Ignition the node boots with (the installer's, for install = true nodes). */
+  ignitionJson: string;
+  kernelArgs: string[];
+}
+
+export interface AssemblePxeOptions extends StageContext {
+  spec: ClusterSpec;
+  version: string;
+  nodes: PxeNodeConfig[];
+  inputs: Map<string, FetchedInput>;
+  out: OutputWriter;
+  epoch: number;
+}
+
+function input(inputs: Map<string, FetchedInput>, id: string): FetchedInput {
+  const i = inputs.get(id);
+  if (!i) throw new Error(`assemble-pxe: input ${id} was not fetched`);
+  return i;
+}
+
+/** Where the tree is served over HTTP: the first control-plane node with a static address, port 8080. */
+export function pxeHttpBase(spec: ClusterSpec): string | undefined {
+  const server = spec.nodes.find((n) => n.role === 'control-plane' && n.boot === 'disk' && n.ip);
+  if (!server?.ip) return undefined;
+  const host = server.ip.includes(':') ? `[${server.ip}]` : server.ip;
+  return `http://${host}:${DEFAULT_PXE_HTTP_PORT}/`;
+}
+
+export async function assemblePxe(o: AssemblePxeOptions): Promise<void> {
+  const arches = [...new Set(o.nodes.map((n) => n.node.arch))].sort();
+  for (const arch of arches) {
+    for (const [id, file] of [
+      [`flatcar-pxe-kernel-${arch}`, PXE_KERNEL],
+      [`flatcar-pxe-cpio-${arch}`, PXE_INITRD],
+    ] as const) {
+      const i = input(o.inputs, id);
+      await o.out.writeFile(layout.pxeAsset(arch, o.version, file), await readFile(i.path), {
+        kind: 'pxe-asset',
+        target: 'pxe',
+        arch,
+        secret: false,
+      });
+    }
+  }
+  for (const [id, file] of ipxeBinaries(o.inputs)) {
+    await o.out.writeFile(layout.pxeIpxeBinary(file), await readFile(input(o.inputs, id).path), {
+      kind: 'ipxe-binary',
+      target: 'pxe',
+      secret: false,
+    });
+  }
+  for (const n of o.nodes) {
+    const mac = n.node.mac!;
+    const kernelPath = layout.pxeAsset(n.node.arch, o.version, PXE_KERNEL);
+    const initrdPaths = [layout.pxeAsset(n.node.arch, o.version, PXE_INITRD), layout.pxeNodeCpio(mac)];
+    const meta = { node: n.node.name, target: 'pxe' as const, arch: n.node.arch, secret: true };
+    await o.out.writeFile(layout.pxeNodeCpio(mac), buildNodeCpio(n.ignitionJson, { mtime: o.epoch }), { kind: 'pxe-initrd', ...meta });
+    await o.out.writeFile(layout.pxeNodeScript(mac), renderNodeIpxe(n.node, { kernelPath, initrdPaths, args: n.kernelArgs }), {
+      kind: 'pxe-script',
+      ...meta,
+    });
+  }
+  const netbooted = o.nodes.map((n) => n.node);
+  await o.out.writeFile(layout.pxeBootScript, renderBootIpxe(netbooted, { cluster: o.spec.name }), {
+    kind: 'pxe-script',
+    target: 'pxe',
+    secret: false,
+  });
+  await writeDnsmasqConfigs(o, netbooted);
+}
+
+/** iPXE binaries the fetch stage provided, as [input id, file name in pxe/ipxe/]. */
+function ipxeBinaries(inputs: Map<string, FetchedInput>): Array<[string, string]> {
+  return [...inputs.keys()]
+    .filter((id) => id.startsWith('ipxe-'))
+    .sort()
+    .map((id) => [id, id.slice('ipxe-'.length)]);
+}
+
+async function writeDnsmasqConfigs(o: AssemblePxeOptions, netbooted: NodeSpec[]) {
+  const subnet = o.spec.network.nodeCidr;
+  const httpBase = pxeHttpBase(o.spec);
+  if (!subnet || !httpBase || subnet.includes(':')) {
+    o.events({
+      kind: 'warning',
+      message:
+        'no dnsmasq.conf written: it needs an IPv4 network.node_cidr and a control-plane node with a static ip to serve the tree; serve pxe/ with your own DHCP/TFTP/HTTP setup',
+    });
+    return;
+  }
+  const leases = o.spec.nodes
+    .filter((n) => n.mac)
+    .map((n) => ({ mac: n.mac!, ip: n.ip, name: n.name }));
+  if (leases.length === 0) throw new InputError('the PXE tree has no node with a MAC address');
+  const common = {
+    cluster: o.spec.name,
+    subnet,
+    gateway: o.spec.network.gateway,
+    dns: o.spec.network.dns.filter((d) => !d.includes(':')),
+    leases,
+    tftpRoot: `/srv/bramble/${o.spec.name}/pxe`,
+    httpBase,
+  };
+  const meta = { kind: 'dnsmasq-conf' as const, target: 'pxe' as const, secret: false };
+  await o.out.writeFile(layout.dnsmasqConf, renderDnsmasq({ mode: 'dhcp', ...common }), meta);
+  await o.out.writeFile(layout.dnsmasqProxyConf, renderDnsmasq({ mode: 'proxy', ...common }), meta);
+  void netbooted;
+}

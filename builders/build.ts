@@ -1,0 +1,183 @@
+// The build, as the pipeline in DESIGN.md reads: plan → fetch → render → assemble → package.
+// Each stage announces itself through events; the CLI decides how that looks.
+import { join } from 'node:path';
+import { sourceDateEpoch } from '../images/cpio.ts';
+import { renderIgnitionJson } from '../ignition/render.ts';
+import { mergeSnippet, parseSnippet } from '../ignition/snippets.ts';
+import { provisionNode, type ProvisioningSpec } from '../overlays/provision.ts';
+import { assembleDiskImage } from './assemble-disk.ts';
+import { assembleHypriotImage } from './assemble-hypriot.ts';
+import { assemblePxe, type PxeNodeConfig } from './assemble-pxe.ts';
+import { withContext } from './errors.ts';
+import type { EventSink, StageContext } from './events.ts';
+import { fetchInputs, type FetchedInput } from './fetch.ts';
+import { layout } from './layout.ts';
+import { readLock, writeLock } from './lockfile.ts';
+import { OutputWriter, type Manifest } from './output.ts';
+import { planBuild, type BuildPlan } from './plan.ts';
+import { renderInstallerProvisioning } from './pxe-render.ts';
+import { renderCloudInit } from '../overlays/cloudinit.ts';
+import type { ClusterSpec, NodeSpec, Target } from './spec.ts';
+import { flatcarChannelBase } from '../images/catalog/flatcar.ts';
+import { flatcarBoard } from './spec.ts';
+
+export interface BuildOptions extends StageContext {
+  spec: ClusterSpec;
+  targets?: Target[];
+  nodes?: string[];
+  outDir: string;
+  cacheDir: string;
+  lockPath: string;
+  offline: boolean;
+}
+
+export interface BuildResult {
+  plan: BuildPlan;
+  manifest: Manifest;
+  clusterDir: string;
+  summary: string;
+}
+
+/** A node's rendered first-boot configuration. */
+export interface RenderedNode {
+  node: NodeSpec;
+  provisioning: ProvisioningSpec;
+  /** Flatcar: the Ignition the node's OS runs with. */
+  ignitionJson?: string;
+  /** HypriotOS: the NoCloud seed. */
+  cloudInit?: { userData: string; metaData: string; networkConfig: string };
+}
+
+async function stage<T>(events: EventSink, id: string, title: string, fn: () => Promise<T>): Promise<T> {
+  events({ kind: 'stage-started', stage: id, title });
+  const t0 = Date.now();
+  let result: T;
+  try {
+    result = await fn();
+  } catch (e) {
+    return withContext(e, title);
+  }
+  events({ kind: 'stage-finished', stage: id, title, ms: Date.now() - t0 });
+  return result;
+}
+
+export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
+  const { spec, events, signal } = o;
+  const epoch = sourceDateEpoch();
+  const previousLock = await readLock(o.lockPath);
+  const plan = await stage(events, 'plan', 'Plan the build', async () =>
+    planBuild(spec, { targets: o.targets, nodes: o.nodes, lock: previousLock }),
+  );
+  const selected = spec.nodes.filter((n) => plan.nodes.some((p) => p.name === n.name));
+
+  const fetched = await stage(events, 'fetch', 'Fetch and verify inputs', async () => {
+    const r = await fetchInputs(spec, { cacheDir: o.cacheDir, lock: previousLock, offline: o.offline, targets: o.targets, signal, events });
+    await writeLock(o.lockPath, r.lock);
+    return r;
+  });
+  const version = fetched.lock.os.version;
+
+  const rendered = await stage(events, 'render', 'Render node configs', async () => selected.map((n) => renderNode(spec, n)));
+
+  const clusterDir = layout.clusterDir(o.outDir, spec.name);
+  const out = new OutputWriter(clusterDir, events, signal);
+  await out.begin();
+  await stage(events, 'assemble', 'Assemble images and PXE tree', async () => {
+    for (const r of rendered) await writeConfigs(out, r);
+    const workDir = join(clusterDir, '.work');
+    let i = 0;
+    for (const r of rendered.filter((r) => r.node.boot === 'disk')) {
+      events({ kind: 'progress', stage: 'assemble', what: 'disk images', done: i++, total: rendered.length, unit: 'items' });
+      if (spec.os.base === 'flatcar') {
+        await assembleDiskImage({ spec, rendered: r, inputs: fetched.inputs, out, epoch, workDir, signal, events });
+      } else {
+        await assembleHypriotImage({ spec, rendered: r, inputs: fetched.inputs, out, epoch, workDir, signal, events });
+      }
+    }
+    const pxe = rendered.filter((r) => r.node.boot === 'pxe');
+    if (pxe.length) {
+      await assemblePxe({
+        spec,
+        version,
+        nodes: pxe.map((r) => pxeNodeConfig(spec, version, r)),
+        inputs: fetched.inputs,
+        out,
+        epoch,
+        signal,
+        events,
+      });
+    }
+  });
+
+  const manifest = await stage(events, 'package', 'Write manifest and checksums', async () =>
+    out.finish({
+      cluster: spec.name,
+      sourceDateEpoch: epoch,
+      nodes: selected.map((n) => ({
+        name: n.name,
+        role: n.role,
+        hardware: n.hardware,
+        boot: n.boot,
+        arch: n.arch,
+        mac: n.mac ?? null,
+        ip: n.ip ?? null,
+      })),
+      inputs: [...fetched.inputs.values()]
+        .map((i: FetchedInput) => ({ id: i.id, url: i.url, version: i.version, sha256: i.sha256 }))
+        .sort((a, b) => (a.id < b.id ? -1 : 1)),
+    }),
+  );
+  return { plan, manifest, clusterDir, summary: summarise(clusterDir, manifest) };
+}
+
+export function renderNode(spec: ClusterSpec, node: NodeSpec): RenderedNode {
+  let provisioning = provisionNode(spec, node);
+  provisioning.kernelArgs.push(...(spec.provision?.kernelArgs ?? []), ...(node.kernelArgs ?? []));
+  for (const s of [...(spec.provision?.snippets ?? []), ...(node.snippets ?? [])]) {
+    provisioning = mergeSnippet(provisioning, parseSnippet(s.text, s.file));
+  }
+  if (spec.os.base === 'hypriot') {
+    return { node, provisioning, cloudInit: renderCloudInit(provisioning, { cluster: spec.name, node: node.name }) };
+  }
+  return { node, provisioning, ignitionJson: renderIgnitionJson(provisioning) };
+}
+
+async function writeConfigs(out: OutputWriter, r: RenderedNode) {
+  const meta = { kind: 'ignition' as const, node: r.node.name, arch: r.node.arch, target: targetOf(r.node), secret: true };
+  if (r.ignitionJson) await out.writeFile(layout.ignition(r.node.name), r.ignitionJson, meta);
+  if (r.cloudInit) {
+    const ci = { ...meta, kind: 'cloud-init' as const };
+    await out.writeFile(layout.cloudInit(r.node.name, 'user-data'), r.cloudInit.userData, ci);
+    await out.writeFile(layout.cloudInit(r.node.name, 'meta-data'), r.cloudInit.metaData, ci);
+    await out.writeFile(layout.cloudInit(r.node.name, 'network-config'), r.cloudInit.networkConfig, ci);
+  }
+}
+
+function targetOf(n: NodeSpec): Target {
+  return n.boot === 'pxe' ? 'pxe' : n.hardware;
+}
+
+/** A netbooted node boots its own Ignition, or for install = true, an installer that writes it to disk. */
+function pxeNodeConfig(spec: ClusterSpec, version: string, r: RenderedNode): PxeNodeConfig {
+  if (!r.node.install) return { node: r.node, ignitionJson: r.ignitionJson!, kernelArgs: r.provisioning.kernelArgs };
+  const installer = renderInstallerProvisioning(r.node, r.ignitionJson!, {
+    channel: spec.os.channel,
+    version,
+    imageBaseUrl: `${flatcarChannelBase(spec.sources, spec.os.channel)}/${flatcarBoard(r.node.arch)}`,
+    signingKey: spec.sources.trustedKeys[0],
+    sshAuthorizedKeys: spec.ssh.authorizedKeys,
+  });
+  return { node: r.node, ignitionJson: renderIgnitionJson(installer), kernelArgs: installer.kernelArgs };
+}
+
+function summarise(clusterDir: string, m: Manifest): string {
+  const lines = [`Built ${m.cluster} into ${clusterDir}:`];
+  const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+  for (const a of m.artefacts) {
+    if (a.kind === 'disk-image' || a.kind === 'ignition' || a.kind === 'pxe-script' || a.kind === 'dnsmasq-conf') {
+      lines.push(`  ${a.path.padEnd(40)} ${mib(a.size).padStart(12)}${a.secret ? '  secret' : ''}`);
+    }
+  }
+  lines.push(`  … ${m.artefacts.length} files in all; see manifest.json and SHA256SUMS.`);
+  return lines.join('\n') + '\n';
+}
