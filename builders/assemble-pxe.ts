@@ -8,6 +8,16 @@ import { layout } from './layout.ts';
 import type { OutputWriter } from './output.ts';
 import { buildNodeCpio, renderBootIpxe, renderDnsmasq, renderNodeIpxe } from './pxe-render.ts';
 import type { ClusterSpec, NodeSpec } from './spec.ts';
+import { ipxeInputId } from '../images/catalog/boot-firmware.ts';
+import { ipxeBinaries } from './versions.ts';
+
+/** The iPXE binary dnsmasq hands each client architecture, as paths in the tree (TFTP root = pxe/). */
+function dnsmasqBootFiles() {
+  const rel = (file: string) => layout.pxeIpxeBinary(file).slice(`${layout.pxeDir}/`.length);
+  const [bios, efi64] = ['undionly.kpxe', 'snponly.efi'].map(rel);
+  const arm64 = rel(ipxeBinaries('arm64')[0]!);
+  return { bios: bios!, efi64: efi64!, arm64 };
+}
 
 export const PXE_KERNEL = 'flatcar_production_pxe.vmlinuz';
 export const PXE_INITRD = 'flatcar_production_pxe_image.cpio.gz';
@@ -60,12 +70,15 @@ export async function assemblePxe(o: AssemblePxeOptions): Promise<void> {
       });
     }
   }
-  for (const [id, file] of ipxeBinaries(o.inputs)) {
-    await o.out.writeFile(layout.pxeIpxeBinary(file), await readFile(input(o.inputs, id).path), {
-      kind: 'ipxe-binary',
-      target: 'pxe',
-      secret: false,
-    });
+  for (const arch of arches) {
+    for (const file of ipxeBinaries(arch)) {
+      await o.out.writeFile(layout.pxeIpxeBinary(file), await readFile(input(o.inputs, ipxeInputId(file, arch)).path), {
+        kind: 'ipxe-binary',
+        target: 'pxe',
+        arch,
+        secret: false,
+      });
+    }
   }
   for (const n of o.nodes) {
     const mac = n.node.mac!;
@@ -84,18 +97,11 @@ export async function assemblePxe(o: AssemblePxeOptions): Promise<void> {
     target: 'pxe',
     secret: false,
   });
-  await writeDnsmasqConfigs(o, netbooted);
+  await writeDnsmasqConfigs(o);
 }
 
-/** iPXE binaries the fetch stage provided, as [input id, file name in pxe/ipxe/]. */
-function ipxeBinaries(inputs: Map<string, FetchedInput>): Array<[string, string]> {
-  return [...inputs.keys()]
-    .filter((id) => id.startsWith('ipxe-'))
-    .sort()
-    .map((id) => [id, id.slice('ipxe-'.length)]);
-}
 
-async function writeDnsmasqConfigs(o: AssemblePxeOptions, netbooted: NodeSpec[]) {
+async function writeDnsmasqConfigs(o: AssemblePxeOptions) {
   const subnet = o.spec.network.nodeCidr;
   const httpBase = pxeHttpBase(o.spec);
   if (!subnet || !httpBase || subnet.includes(':')) {
@@ -118,9 +124,9 @@ async function writeDnsmasqConfigs(o: AssemblePxeOptions, netbooted: NodeSpec[])
     leases,
     tftpRoot: `/srv/bramble/${o.spec.name}/pxe`,
     httpBase,
+    bootFiles: dnsmasqBootFiles(),
   };
   const meta = { kind: 'dnsmasq-conf' as const, target: 'pxe' as const, secret: false };
   await o.out.writeFile(layout.dnsmasqConf, renderDnsmasq({ mode: 'dhcp', ...common }), meta);
   await o.out.writeFile(layout.dnsmasqProxyConf, renderDnsmasq({ mode: 'proxy', ...common }), meta);
-  void netbooted;
 }

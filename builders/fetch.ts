@@ -21,6 +21,8 @@ import {
 import { checkFlatcarVersion, flatcarInput, flatcarVersionTxtUrl, parseVersionTxt } from '../images/catalog/flatcar.ts';
 import { hypriotInput, hypriotVersion } from '../images/catalog/hypriot.ts';
 import type { InputSource } from '../images/catalog/input.ts';
+import { ipxeInputs, rpi4FirmwareInput } from '../images/catalog/boot-firmware.ts';
+import { rpi4FirmwareVersion } from './versions.ts';
 
 export interface FetchedInput {
   id: string;
@@ -80,8 +82,10 @@ export function neededInputs(spec: ClusterSpec, version: string, targets?: reado
     if (mine.some((n) => n.boot === 'pxe')) {
       out.push(flatcarInput(spec.sources, spec.os.channel, arch, version, 'pxe-kernel'));
       out.push(flatcarInput(spec.sources, spec.os.channel, arch, version, 'pxe-cpio'));
+      out.push(...ipxeInputs(spec.sources, arch));
     }
   }
+  if (nodes.some((n) => n.hardware === 'rpi4' && n.boot === 'disk')) out.push(rpi4FirmwareInput(spec.sources, rpi4FirmwareVersion));
   return out;
 }
 
@@ -92,6 +96,7 @@ function archesOf(nodes: NodeSpec[]): Arch[] {
 /** Fetch and verify every input the selected nodes need; returns the inputs and the lock to write. */
 export async function fetchInputs(spec: ClusterSpec, opts: FetchOptions): Promise<FetchResult> {
   const cache = new Cache(opts.cacheDir);
+  await cache.sweepTemp();
   const ctx: FetchContext = { signal: opts.signal, events: opts.events, offline: opts.offline };
   const lock = lockMatches(spec, opts.lock) ? opts.lock : undefined;
   if (opts.lock && !lock) {
@@ -168,9 +173,10 @@ export interface InputContext extends FetchContext {
  * (and the locked digest too, when there is one).
  */
 export async function fetchInput(cache: Cache, source: InputSource, ctx: InputContext): Promise<FetchedInput> {
-  const { locked } = ctx;
-  if (locked && locked.version !== source.version) {
-    throw new Error(`internal: lock entry ${locked.id} is for ${locked.version}, input is ${source.version}`);
+  // A lock entry for another version (the config moved on) pins nothing: the input is resolved afresh.
+  const locked = ctx.locked?.version === source.version ? ctx.locked : undefined;
+  if (ctx.locked && !locked) {
+    ctx.events({ kind: 'warning', message: `${source.id}: bramble.lock pins version ${ctx.locked.version}, the config asks for ${source.version}; resolving again` });
   }
   if (locked && locked.url !== source.url) {
     // The lock pins bytes, not hosts: a mirror from [sources] may serve them.
@@ -208,6 +214,12 @@ export async function fetchInput(cache: Cache, source: InputSource, ctx: InputCo
 async function verifyUpstream(source: InputSource, file: CandidateFile, ctx: InputContext, opts: { signature: boolean }): Promise<string> {
   const check = source.check;
   const name = basename(source.url);
+  if (check.kind === 'first-use') {
+    // Only reached for a fresh download or an online re-check; a lock entry was already enforced by fetchBlob.
+    if (ctx.locked) return ctx.locked.verifiedWith;
+    ctx.events({ kind: 'warning', message: `${source.url} has no upstream checksum; its sha256 ${file.sha256} is pinned in bramble.lock from now on` });
+    return 'sha256:first-use';
+  }
   if (check.kind === 'checksum-file') {
     const text = (await fetchSmall(check.url, ctx)).toString('utf8');
     const expected = parseChecksumFile(text, name, check.algorithm, check.url);

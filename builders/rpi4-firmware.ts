@@ -7,8 +7,8 @@ import type { FatFile } from '../images/fat.ts';
 import type { AssembleImageOptions } from './assemble-hypriot.ts';
 import { VerificationError } from './errors.ts';
 import { run } from './exec.ts';
+import { RPI4_FIRMWARE_ID } from '../images/catalog/boot-firmware.ts';
 
-export const RPI4_FIRMWARE_INPUT = 'rpi4-firmware';
 
 /**
  * Flatcar's documented config.txt for the Pi 4 (the one pftf ships, base-images.md §11): 64-bit,
@@ -34,7 +34,7 @@ export const RPI4_CONFIG_TXT = [
 const REQUIRED = ['RPI_EFI.fd', 'start4.elf', 'fixup4.dat', 'bcm2711-rpi-4-b.dtb'];
 
 export async function rpi4FirmwareFiles(o: AssembleImageOptions): Promise<FatFile[]> {
-  const fw = o.inputs.get(RPI4_FIRMWARE_INPUT);
+  const fw = o.inputs.get(RPI4_FIRMWARE_ID);
   if (!fw) throw new Error('assemble-disk: the Raspberry Pi 4 firmware was not fetched');
   const dir = await mkdtemp(join(o.workDir, 'rpi4-fw-'));
   try {

@@ -6,7 +6,12 @@ export type InputCheck =
   /** Flatcar: `<file>.DIGESTS` (SHA512 section) plus a detached `<file>.sig`, or a clearsigned `.DIGESTS.asc`. */
   | { kind: 'flatcar-digests'; digestsUrl: string; signatureUrl: string; digestsAscUrl: string }
   /** A checksum file: bare hex (dl.k8s.io, crictl) or sha256sum lines (HypriotOS, CNI plugins). */
-  | { kind: 'checksum-file'; url: string; algorithm: 'sha256' | 'sha512' };
+  | { kind: 'checksum-file'; url: string; algorithm: 'sha256' | 'sha512' }
+  /**
+   * Upstream publishes no checksum (boot.ipxe.org, the pftf/RPi4 zip): the first download's sha256 is
+   * pinned in bramble.lock, and every later fetch must match it.
+   */
+  | { kind: 'first-use' };
 
 /** A file the cache derives from the verified blob: a decompressed, sparse disk image. */
 export type DeriveKind = 'bz2-sparse' | 'zip-sparse';
