@@ -9,10 +9,26 @@ export const SECTORSIZE = 4096;
 export const NODESIZE = 4096;
 /** btrfs_header: csum[32] fsid[16] bytenr flags chunk_tree_uuid[16] generation owner nritems(u32) level(u8). */
 export const HEADER_SIZE = 101;
-/** btrfs_item: disk_key(17) offset(u32) size(u32). */
+/** Offsets in struct btrfs_header; the checksum covers everything after its 32-byte csum field. */
+const HDR_CSUM_END = 32;
+const HDR_FSID = 32;
+const HDR_BYTENR = 48;
+const HDR_FLAGS = 56;
+const HDR_CHUNK_TREE_UUID = 64;
+const HDR_GENERATION = 80;
+const HDR_OWNER = 88;
+const HDR_NRITEMS = 96;
+const HDR_LEVEL = 100;
+/** struct btrfs_disk_key: objectid(u64) type(u8) offset(u64). */
+export const DISK_KEY_SIZE = 17;
+/** btrfs_item: disk_key, then the data's offset (from the end of the header) and size, both u32. */
 export const ITEM_HEADER_SIZE = 25;
-/** btrfs_key_ptr: disk_key(17) blockptr generation. */
+export const ITEM_DATA_OFFSET = 17;
+export const ITEM_DATA_SIZE = 21;
+/** btrfs_key_ptr: disk_key, blockptr(u64), generation(u64). */
 export const KEY_PTR_SIZE = 33;
+export const KEY_PTR_BLOCKPTR = 17;
+export const KEY_PTR_GENERATION = 25;
 export const LEAF_DATA_SIZE = NODESIZE - HEADER_SIZE;
 export const NODE_MAX_PTRS = Math.floor(LEAF_DATA_SIZE / KEY_PTR_SIZE);
 /** struct btrfs_super_block is padded to 4 KiB. */
@@ -345,16 +361,23 @@ export interface HeaderFields {
 
 /** Write the btrfs_header of a tree block (csum last) into `block`. */
 export function sealTreeBlock(block: Buffer, bytenr: number, nritems: number, level: number, h: HeaderFields): void {
-  block.set(h.fsid.subarray(0, 16), 32);
-  block.writeBigUInt64LE(BigInt(bytenr), 48);
-  block.writeBigUInt64LE(HEADER_FLAG_WRITTEN | HEADER_MIXED_BACKREF, 56);
-  block.set(h.chunkTreeUuid.subarray(0, 16), 64);
-  block.writeBigUInt64LE(h.generation, 80);
-  block.writeBigUInt64LE(h.owner, 88);
-  block.writeUInt32LE(nritems, 96);
-  block.writeUInt8(level, 100);
-  block.fill(0, 0, 32);
-  block.writeUInt32LE(crc32c(block.subarray(32)), 0);
+  block.set(h.fsid.subarray(0, 16), HDR_FSID);
+  block.writeBigUInt64LE(BigInt(bytenr), HDR_BYTENR);
+  block.writeBigUInt64LE(HEADER_FLAG_WRITTEN | HEADER_MIXED_BACKREF, HDR_FLAGS);
+  block.set(h.chunkTreeUuid.subarray(0, 16), HDR_CHUNK_TREE_UUID);
+  block.writeBigUInt64LE(h.generation, HDR_GENERATION);
+  block.writeBigUInt64LE(h.owner, HDR_OWNER);
+  block.writeUInt32LE(nritems, HDR_NRITEMS);
+  block.writeUInt8(level, HDR_LEVEL);
+  block.fill(0, 0, HDR_CSUM_END);
+  block.writeUInt32LE(crc32c(block.subarray(HDR_CSUM_END)), 0);
+}
+
+/** A btrfs_disk_key at `at`. */
+export function writeDiskKey(block: Buffer, at: number, k: Key): void {
+  block.writeBigUInt64LE(k.objectid, at);
+  block.writeUInt8(k.type, at + 8);
+  block.writeBigUInt64LE(k.offset, at + 9);
 }
 
 export interface BackupRoot {
@@ -381,7 +404,7 @@ export interface SuperFields {
 /** struct btrfs_super_block for the copy at `bytenr` (offsets per ctree.h; the tail is padding). */
 export function superBlock(s: SuperFields, bytenr: number): Buffer {
   const w = new Fields(SUPER_INFO_SIZE)
-    .skip(32) // csum, below
+    .skip(HDR_CSUM_END) // csum, below
     .bytes(s.fsid, 16)
     .u64(bytenr)
     .u64(HEADER_FLAG_WRITTEN) // flags, as mkfs leaves them
@@ -423,6 +446,6 @@ export function superBlock(s: SuperFields, bytenr: number): Buffer {
   w.u64(s.totalBytes).u64(s.bytesUsed).u64(1).skip(32);
   for (const r of roots) w.u8(r.level);
   const buf = w.buf;
-  buf.writeUInt32LE(crc32c(buf.subarray(32)), 0);
+  buf.writeUInt32LE(crc32c(buf.subarray(HDR_CSUM_END)), 0);
   return buf;
 }

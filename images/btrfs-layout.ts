@@ -15,7 +15,7 @@ import { InputError } from '../builders/errors.ts';
 import {
   BLOCK_GROUP_DATA, BLOCK_GROUP_ITEM_KEY, BLOCK_GROUP_METADATA, BLOCK_GROUP_SYSTEM, blockGroupItem, CHUNK_ITEM_KEY, CHUNK_TREE_OBJECTID,
   chunkItem, CSUM_TREE_OBJECTID, DATA_RELOC_TREE_OBJECTID, dataExtent, DEV_EXTENT_KEY, DEV_ITEM_KEY, DEV_ITEMS_OBJECTID, DEV_TREE_OBJECTID,
-  devExtent, devItem, DIR_ITEM_KEY, dirItem, EXTENT_ITEM_KEY, EXTENT_TREE_OBJECTID, Fields, FIRST_CHUNK_TREE_OBJECTID, FIRST_FREE_OBJECTID,
+  devExtent, devItem, DIR_ITEM_KEY, dirItem, DISK_KEY_SIZE, EXTENT_ITEM_KEY, EXTENT_TREE_OBJECTID, Fields, FIRST_CHUNK_TREE_OBJECTID, FIRST_FREE_OBJECTID,
   FREE_SPACE_EXTENT_KEY, FREE_SPACE_INFO_KEY, FREE_SPACE_TREE_OBJECTID, freeSpaceInfo, FS_TREE_OBJECTID, FT_DIR, INODE_ITEM_KEY, INODE_REF_KEY,
   inodeItem, inodeRef, type Item, key, LABEL_SIZE, MAX_EXTENT_SIZE, METADATA_ITEM_KEY, metadataExtent, nameHash, NODESIZE, ROOT_ITEM_KEY,
   ROOT_TREE_DIR_OBJECTID, ROOT_TREE_OBJECTID, rootItem, S_IFDIR, SECTORSIZE, STRIPE_LEN, SUPER_INFO_SIZE, SUPER_OFFSETS, superBlock, U64_MAX,
@@ -302,7 +302,7 @@ export function layoutBtrfs(opts: BtrfsOptions): BtrfsImage {
     TreeName,
     ReturnType<typeof buildTree>
   >;
-  const sysChunkKey = new Fields(17).diskKey(key(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, layout.systemChunk[0])).buf;
+  const sysChunkKey = new Fields(DISK_KEY_SIZE).diskKey(key(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, layout.systemChunk[0])).buf;
   const sysChunk = layout.items.chunk.find((i) => i.key.type === CHUNK_ITEM_KEY && i.key.offset === BigInt(layout!.systemChunk[0]))!.data;
   const superFields = {
     fsid,

@@ -1,7 +1,10 @@
 // B-trees of btrfs built in one pass from sorted items: leaves packed greedily, then node levels
 // above them until one root remains. The block count depends only on the items' sizes, so space can
 // be planned before addresses are known.
-import { compareKeys, HEADER_SIZE, ITEM_HEADER_SIZE, KEY_PTR_SIZE, LEAF_DATA_SIZE, NODE_MAX_PTRS, NODESIZE, sealTreeBlock, type HeaderFields, type Item, type Key } from './btrfs-format.ts';
+import {
+  compareKeys, HEADER_SIZE, ITEM_DATA_OFFSET, ITEM_DATA_SIZE, ITEM_HEADER_SIZE, KEY_PTR_BLOCKPTR, KEY_PTR_GENERATION, KEY_PTR_SIZE, LEAF_DATA_SIZE,
+  NODE_MAX_PTRS, NODESIZE, sealTreeBlock, writeDiskKey, type HeaderFields, type Item, type Key,
+} from './btrfs-format.ts';
 
 export interface TreeBlock {
   bytenr: number;
@@ -67,11 +70,9 @@ export function buildTree(items: readonly Item[], addresses: readonly number[], 
     leafItems.forEach((item, i) => {
       end -= item.data.length;
       const at = HEADER_SIZE + i * ITEM_HEADER_SIZE;
-      data.writeBigUInt64LE(item.key.objectid, at);
-      data.writeUInt8(item.key.type, at + 8);
-      data.writeBigUInt64LE(item.key.offset, at + 9);
-      data.writeUInt32LE(end, at + 17); // offset of the item data, from the end of the header
-      data.writeUInt32LE(item.data.length, at + 21);
+      writeDiskKey(data, at, item.key);
+      data.writeUInt32LE(end, at + ITEM_DATA_OFFSET);
+      data.writeUInt32LE(item.data.length, at + ITEM_DATA_SIZE);
       item.data.copy(data, HEADER_SIZE + end);
     });
     sealTreeBlock(data, bytenr, leafItems.length, 0, header);
@@ -86,11 +87,9 @@ export function buildTree(items: readonly Item[], addresses: readonly number[], 
       const data = Buffer.alloc(NODESIZE);
       group.forEach((c, j) => {
         const at = HEADER_SIZE + j * KEY_PTR_SIZE;
-        data.writeBigUInt64LE(c.key.objectid, at);
-        data.writeUInt8(c.key.type, at + 8);
-        data.writeBigUInt64LE(c.key.offset, at + 9);
-        data.writeBigUInt64LE(BigInt(c.bytenr), at + 17);
-        data.writeBigUInt64LE(header.generation, at + 25);
+        writeDiskKey(data, at, c.key);
+        data.writeBigUInt64LE(BigInt(c.bytenr), at + KEY_PTR_BLOCKPTR);
+        data.writeBigUInt64LE(header.generation, at + KEY_PTR_GENERATION);
       });
       sealTreeBlock(data, bytenr, group.length, level, header);
       blocks.push({ bytenr, level, data });
