@@ -47,6 +47,10 @@ export const toolPackages: Record<string, string> = {
   'cloud-init': 'cloud-init',
   ctr: 'containerd',
   containerd: 'containerd',
+  losetup: 'mount',
+  mount: 'mount',
+  umount: 'mount',
+  cmp: 'diffutils',
 };
 
 export function installHint(tool: string): string {
