@@ -2,12 +2,13 @@
 // filesystem at a byte offset of a file as `image@@offset` (mtools manual, "drive letters"; checked
 // with Debian's mtools 4.0.32). Output is reproducible: sorted writes, timestamps from SOURCE_DATE_EPOCH
 // (mcopy -m keeps the source's mtime; mmd stamps new directories with SOURCE_DATE_EPOCH), TZ=UTC.
-import { mkdtemp, readFile, rm, utimes, writeFile, copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { HostToolError, InputError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { sourceDateEpoch } from './cpio.ts';
+import { alignRanges, scanDataRanges, type ByteRange } from './sparse.ts';
 
 /** FAT timestamps start at 1980-01-01 00:00:00 (Microsoft FAT32 spec, "Date Format"); earlier times clamp to it. */
 export const FAT_EARLIEST_TIME = 315532800;
@@ -184,4 +185,77 @@ export async function removeFatFile(image: string, partOffset: number, path: str
   if (!hit) throw new InputError(`no file ${path} on the FAT filesystem at byte ${partOffset} of ${image}`);
   if (hit.type !== 'file') throw new InputError(`${path} is a directory; removeFatFile deletes files only`);
   await run('mdel', ['-i', drive(image, partOffset), fatPath(path)], { env: mtoolsEnv(fatTime(opts.epoch ?? sourceDateEpoch())), signal: opts.signal });
+}
+
+// BIOS Parameter Block fields (Microsoft "FAT: General Overview of On-Disk Format", BPB and FAT32 BPB).
+const BPB_BYTES_PER_SECTOR = 11;
+const BPB_SECTORS_PER_CLUSTER = 13;
+const BPB_RESERVED_SECTORS = 14;
+const BPB_NUM_FATS = 16;
+const BPB_ROOT_ENTRIES = 17;
+const BPB_TOTAL_SECTORS_16 = 19;
+const BPB_FAT_SIZE_16 = 22;
+const BPB_TOTAL_SECTORS_32 = 32;
+const BPB_FAT_SIZE_32 = 36;
+const BOOT_SIGNATURE_OFFSET = 510;
+const BOOT_SIGNATURE = 0xaa55;
+const DIR_ENTRY_SIZE = 32;
+/** The FAT type follows from the cluster count alone: below 4085 FAT12, below 65525 FAT16, else FAT32. */
+const FAT12_MAX_CLUSTERS = 4084;
+const FAT16_MAX_CLUSTERS = 65524;
+/** FAT32 entries use the low 28 bits. */
+const FAT32_ENTRY_MASK = 0x0fffffff;
+/** Clusters are numbered from 2. */
+const FIRST_CLUSTER = 2;
+
+/**
+ * Where a FAT filesystem can hold data, read from its boot sector and allocation table instead of
+ * scanning the partition: the non-zero blocks of the reserved area, FATs and (FAT12/16) root
+ * directory, plus every allocated cluster. Free clusters can still hold stale bytes (a replaced
+ * file's old clusters), so use it together with the base image's map, never instead of it. Image
+ * byte offsets.
+ */
+export async function fatDataRanges(image: string, partOffset: number, opts: { signal?: AbortSignal } = {}): Promise<ByteRange[]> {
+  const fh = await open(image, 'r');
+  try {
+    const boot = Buffer.alloc(512);
+    await fh.read(boot, 0, 512, partOffset);
+    const bad = (why: string) => new InputError(`no FAT filesystem at byte ${partOffset} of ${image}: ${why}`);
+    if (boot.readUInt16LE(BOOT_SIGNATURE_OFFSET) !== BOOT_SIGNATURE) throw bad('no boot sector signature');
+    const bytesPerSector = boot.readUInt16LE(BPB_BYTES_PER_SECTOR);
+    const perCluster = boot.readUInt8(BPB_SECTORS_PER_CLUSTER);
+    const reserved = boot.readUInt16LE(BPB_RESERVED_SECTORS);
+    const fats = boot.readUInt8(BPB_NUM_FATS);
+    if (![512, 1024, 2048, 4096].includes(bytesPerSector) || perCluster === 0 || reserved === 0 || fats === 0) throw bad('implausible BPB');
+    const rootSectors = Math.ceil((boot.readUInt16LE(BPB_ROOT_ENTRIES) * DIR_ENTRY_SIZE) / bytesPerSector);
+    const fatSize = boot.readUInt16LE(BPB_FAT_SIZE_16) || boot.readUInt32LE(BPB_FAT_SIZE_32);
+    const total = boot.readUInt16LE(BPB_TOTAL_SECTORS_16) || boot.readUInt32LE(BPB_TOTAL_SECTORS_32);
+    const dataStart = reserved + fats * fatSize + rootSectors;
+    const clusters = Math.floor((total - dataStart) / perCluster);
+    if (fatSize === 0 || clusters <= 0) throw bad('implausible BPB');
+    const kind = clusters <= FAT12_MAX_CLUSTERS ? 12 : clusters <= FAT16_MAX_CLUSTERS ? 16 : 32;
+
+    const ranges = await scanDataRanges(image, { start: partOffset, end: partOffset + dataStart * bytesPerSector, signal: opts.signal });
+    const fat = Buffer.alloc(fatSize * bytesPerSector);
+    await fh.read(fat, 0, fat.length, partOffset + reserved * bytesPerSector);
+    const entry = (n: number) => {
+      if (kind === 32) return fat.readUInt32LE(n * 4) & FAT32_ENTRY_MASK;
+      if (kind === 16) return fat.readUInt16LE(n * 2);
+      const v = fat.readUInt16LE(Math.floor((n * 3) / 2));
+      return n % 2 ? v >> 4 : v & 0xfff;
+    };
+    const clusterBytes = perCluster * bytesPerSector;
+    const base = partOffset + dataStart * bytesPerSector;
+    for (let n = FIRST_CLUSTER; n < clusters + FIRST_CLUSTER; n++) {
+      if (entry(n) === 0) continue;
+      const start = base + (n - FIRST_CLUSTER) * clusterBytes;
+      const last = ranges[ranges.length - 1];
+      if (last && last[1] === start) last[1] = start + clusterBytes;
+      else ranges.push([start, start + clusterBytes]);
+    }
+    // Clusters can be smaller than the 4 KiB blocks data maps count in.
+    return alignRanges(ranges, (await fh.stat()).size);
+  } finally {
+    await fh.close();
+  }
 }

@@ -9,7 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { InputError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
-import { listFat, readFatFile, removeFatFile, writeFatFiles } from '../images/fat.ts';
+import { fatDataRanges, listFat, readFatFile, removeFatFile, writeFatFiles } from '../images/fat.ts';
+import { mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
 
 const MiB = 1024 * 1024;
 const PART_OFFSET = 2 * MiB;
@@ -140,3 +141,37 @@ test('writes, lists, reads and removes files in a FAT32 partition, reproducibly'
   await assert.rejects(writeFatFiles(a, PART_OFFSET, [{ path: '/bad?name', data: 'x' }]), InputError);
   assert.deepEqual(await outside(a), before);
 });
+
+/** Every range of `inner` lies inside the union of `outer`. */
+function covered(inner: ByteRange[], outer: ByteRange[]): boolean {
+  const union = mergeRanges(outer);
+  return inner.every(([s, e]) => union.some(([us, ue]) => us <= s && e <= ue));
+}
+
+for (const variant of [
+  { fat: '12', sizeKiB: 2048 },
+  { fat: '16', sizeKiB: 64 * 1024 },
+  { fat: '32', sizeKiB: 128 * 1024 },
+]) {
+  test(`fatDataRanges (FAT${variant.fat}) plus the map before the edit covers every data block after it`, async (t) => {
+    const dir = await tempDir(t);
+    const img = join(dir, 'fat.img');
+    await run('mkfs.vfat', ['-C', '-F', variant.fat, '-i', '0badf00d', img, String(variant.sizeKiB)]);
+    await writeFatFiles(img, 0, [{ path: '/old/file', data: randomBytesSeeded(50000) }, { path: '/keep', data: 'k' }], { epoch: EPOCH });
+    const before = await scanDataRanges(img);
+    // Replace a file (its old clusters are freed but keep their bytes) and add more.
+    await writeFatFiles(
+      img,
+      0,
+      [{ path: '/old/file', data: 'short now' }, { path: '/new/a.bin', data: randomBytesSeeded(300000) }, { path: '/new/b.txt', data: 'b' }],
+      { epoch: EPOCH },
+    );
+    const map = await fatDataRanges(img, 0);
+    const after = await scanDataRanges(img);
+    assert.ok(covered(after, [...before, ...map]), 'no data block is missing');
+    assert.ok(!covered(after, map), 'the stale clusters of the replaced file are only in the old map');
+    const mapped = map.reduce((n, [s, e]) => n + e - s, 0);
+    assert.ok(mapped < (variant.sizeKiB * 1024) / 4, `the map is far smaller than the filesystem (${mapped} bytes)`);
+    await assert.rejects(fatDataRanges(img, 4096), InputError);
+  });
+}
