@@ -3,7 +3,7 @@
 // what it served. Everything enters by rename from the cache's own tmp/ directory, so a reader sees
 // either nothing or a whole verified file; a lock file per entry serialises concurrent builds.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -33,6 +33,9 @@ const LOCK_POLL_MS = 100;
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
+/** Temp names carry the host, so a cache shared between hosts is swept only of this host's dead files. */
+const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+
 export function sha256Hex(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
@@ -60,7 +63,21 @@ export class Cache {
   /** A fresh temp file name inside the cache (same filesystem as the entries, so rename is atomic). */
   async tempPath(label: string): Promise<string> {
     await mkdir(join(this.root, 'tmp'), { recursive: true });
-    return join(this.root, 'tmp', `${label}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+    return join(this.root, 'tmp', `${label}.${HOST_TAG}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  }
+
+  /** Remove temp files left by processes of this host that died (a killed decompression leaves GiBs). */
+  async sweepTemp(): Promise<void> {
+    let names: string[];
+    try {
+      names = await readdir(join(this.root, 'tmp'));
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      const m = /\.([0-9a-f]{8})\.(\d+)\.[0-9a-f]+\.tmp$/.exec(name);
+      if (m && m[1] === HOST_TAG && !pidAlive(Number(m[2]))) await rm(join(this.root, 'tmp', name), { force: true });
+    }
   }
 
   private indexPath(url: string): string {
@@ -199,10 +216,15 @@ async function readOwner(path: string): Promise<LockOwner | undefined> {
 function isStale(owner: LockOwner): boolean {
   if (owner.pid <= 0) return true;
   if (owner.host !== hostname()) return Date.now() - owner.since > FOREIGN_LOCK_STALE_MS;
+  return !pidAlive(owner.pid);
+}
+
+function pidAlive(pid: number): boolean {
   try {
-    process.kill(owner.pid, 0);
-    return false;
+    process.kill(pid, 0);
+    return true;
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'ESRCH';
+    // EPERM: it exists but belongs to someone else.
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }

@@ -260,6 +260,16 @@ test('upstream failures: 404 is bad input (2), no server is a host problem (4), 
   assert.deepEqual(await filesUnder(cache.root), []);
 });
 
+test('temp files of dead processes on this host are swept; live ones are kept', async (t) => {
+  const { cache } = await setup(t);
+  const mine = await cache.tempPath('derive-bz2-sparse');
+  const dead = mine.replace(`.${process.pid}.`, `.${spawnSync('true').pid}.`);
+  await writeFile(mine, 'x');
+  await writeFile(dead, 'y');
+  await cache.sweepTemp();
+  assert.deepEqual(await filesUnder(join(cache.root, 'tmp')), [mine.slice(cache.root.length + 5)]);
+});
+
 test('the default cache is $XDG_CACHE_HOME/bramble, else ~/.cache/bramble', () => {
   assert.equal(defaultCacheDir({ XDG_CACHE_HOME: '/x/cache', HOME: '/home/u' }), '/x/cache/bramble');
   assert.equal(defaultCacheDir({ HOME: '/home/u' }), '/home/u/.cache/bramble');
