@@ -2,12 +2,13 @@
 // a filesystem at a byte offset as `image?offset=N` (unix_io options; checked with Debian's
 // e2fsprogs 1.47.0). New inodes take E2FSPROGS_FAKE_TIME as their times; owners and modes are set
 // explicitly, so files are root-owned whoever runs the build, and the same inputs give the same bytes.
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { HostToolError, InputError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { sourceDateEpoch } from './cpio.ts';
+import { alignRanges, forEachDataRun, mergeRanges, type ByteRange } from './sparse.ts';
 
 /** File type bits of i_mode (POSIX <sys/stat.h>, as ext4 stores them: "The Second Extended File System", i_mode). */
 const S_IFMT = 0o170000;
@@ -233,4 +234,48 @@ export async function writeExt4Files(image: string, at: Ext4Location, entries: r
     }
     await debugfs(image, at, script, { ...opts, epoch, write: true, dir: tmp });
   });
+}
+
+/**
+ * The data map of an ext4 filesystem inside an image without scanning the whole partition: the
+ * blocks dumpe2fs reports in use (from the block bitmaps), of which the non-zero 4 KiB blocks are
+ * kept. The cost follows the space in use, not the partition size (a grown ROOT can be huge).
+ * Freed blocks can keep stale bytes, so use it together with the base image's map. Image offsets.
+ */
+export async function ext4DataRanges(image: string, at: Ext4Location, opts: { signal?: AbortSignal } = {}): Promise<ByteRange[]> {
+  const { stdout } = await run('dumpe2fs', [device(image, at)], { signal: opts.signal });
+  const field = (name: string) => {
+    const m = new RegExp(`^${name}:\\s+(\\d+)$`, 'm').exec(stdout);
+    if (!m) throw new InputError(`no ext4 filesystem at byte ${at.offset} of ${image} (dumpe2fs shows no "${name}")`);
+    return Number(m[1]);
+  };
+  const blockSize = field('Block size');
+  const blockCount = field('Block count');
+  // Per-group lines ("  Free blocks: 4387-8192, 9000") list the free blocks; everything else is in use.
+  const free: ByteRange[] = [];
+  for (const m of stdout.matchAll(/^ {2}Free blocks: ?(.*)$/gm)) {
+    for (const part of m[1]!.split(',').map((p) => p.trim()).filter(Boolean)) {
+      const [a, b] = part.split('-').map(Number);
+      free.push([a!, (b ?? a!) + 1]);
+    }
+  }
+  const used: ByteRange[] = [];
+  let next = 0;
+  for (const [s, e] of mergeRanges(free)) {
+    if (s > next) used.push([next, s]);
+    next = Math.max(next, e);
+  }
+  if (next < blockCount) used.push([next, blockCount]);
+  const fh = await open(image, 'r');
+  const found: ByteRange[] = [];
+  try {
+    for (const [s, e] of used) {
+      await forEachDataRun(fh, at.offset + s * blockSize, at.offset + e * blockSize, opts.signal, (data, where) => {
+        found.push([where, where + data.length]);
+      });
+    }
+  } finally {
+    await fh.close();
+  }
+  return alignRanges(found, Number.MAX_SAFE_INTEGER);
 }

@@ -101,7 +101,12 @@ export interface PartitionEdit extends PartitionSpan {
   partition: GptPartition;
   /** Record image byte ranges this edit wrote. */
   wrote(ranges: readonly ByteRange[]): void;
-  /** After a host tool edited the partition in place (mtools, debugfs): record its data blocks by scanning this partition only. */
+  /**
+   * After a host tool edited the partition in place (mtools, debugfs): record its data blocks by
+   * scanning this partition only. Faster, from the filesystem's own allocation maps:
+   * `wrote(await fatDataRanges(...))` / `wrote(await ext4DataRanges(...))`. Record after every tool
+   * call: a later call may free blocks the earlier one wrote without zeroing them.
+   */
   rescan(): Promise<void>;
   /** writePartition into this partition, recording what it wrote. */
   writeFile(file: string, ranges?: Pick<WritePartitionOptions, 'fileRanges' | 'imageRanges'>): Promise<ByteRange[]>;

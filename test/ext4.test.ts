@@ -9,7 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { InputError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
-import { listExt4, readExt4File, writeExt4Files, type Ext4Entry } from '../images/ext4.ts';
+import { ext4DataRanges, listExt4, readExt4File, writeExt4Files, type Ext4Entry } from '../images/ext4.ts';
+import { mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
 
 const MiB = 1024 * 1024;
 const PART_OFFSET = 2 * MiB;
@@ -58,7 +59,14 @@ function seeded(n: number): Buffer {
   return out;
 }
 
-async function edit(image: string, dir: string): Promise<void> {
+/** Every range of `inner` lies inside the union of `outer`. */
+const covered = (inner: ByteRange[], outer: ByteRange[]) => {
+  const union = mergeRanges(outer);
+  return inner.every(([s, e]) => union.some(([us, ue]) => us <= s && e <= ue));
+};
+
+/** The edits, in two passes; returns the filesystem's data map after each pass. */
+async function edit(image: string, dir: string): Promise<ByteRange[][]> {
   const bundle = join(dir, 'kubernetes.raw');
   await writeFile(bundle, seeded(5 * MiB + 17));
   // The host file's owner and mode must not leak into the image.
@@ -71,6 +79,7 @@ async function edit(image: string, dir: string): Promise<void> {
     { path: '/opt/bin/helper', type: 'file', data: '#!/bin/sh\necho hi\n', mode: 0o755, uid: 500, gid: 500 },
   ];
   await writeExt4Files(image, { offset: PART_OFFSET }, entries, { epoch: EPOCH, workDir: dir });
+  const maps = [await ext4DataRanges(image, { offset: PART_OFFSET })];
   // A second pass replaces a file and adds one beside it.
   await writeExt4Files(
     image,
@@ -81,6 +90,8 @@ async function edit(image: string, dir: string): Promise<void> {
     ],
     { epoch: EPOCH, workDir: dir },
   );
+  maps.push(await ext4DataRanges(image, { offset: PART_OFFSET }));
+  return maps;
 }
 
 test('writes files, directories and symlinks into an ext4 partition without mounting', async (t) => {
@@ -91,8 +102,13 @@ test('writes files, directories and symlinks into an ext4 partition without moun
   await copyFile(a, b);
   const before = await outside(a);
   const at = { offset: PART_OFFSET };
+  const baseMap = await scanDataRanges(a);
 
-  await edit(a, dir);
+  const maps = await edit(a, dir);
+  // The map before the edits plus the filesystem's map after each pass covers every data block.
+  const partition = await scanDataRanges(a, { start: PART_OFFSET, end: PART_OFFSET + PART_SIZE });
+  assert.ok(covered(partition, [...baseMap, ...maps.flat()]));
+  assert.ok(maps[1]!.reduce((n, [s, e]) => n + e - s, 0) < PART_SIZE / 4, 'the map is far smaller than the partition');
   await run('e2fsck', ['-fn', `${a}?offset=${PART_OFFSET}`]);
   assert.deepEqual(await outside(a), before, 'bytes outside the partition are unchanged');
 
