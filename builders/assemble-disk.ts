@@ -3,12 +3,13 @@
 // grub.cfg, the ESP given the Raspberry Pi 4 UEFI firmware for rpi4 nodes. The bmap is the base
 // image's data map with the edited partitions' ranges replaced, so nothing is rescanned in full.
 import { mkdir, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { writeBmap } from '../images/bmap.ts';
-import { buildBtrfs, writePartition } from '../images/btrfs.ts';
-import { writeFatFiles } from '../images/fat.ts';
+import { buildBtrfsImage, writePartition } from '../images/btrfs.ts';
+import { fatDataRanges, writeFatFiles } from '../images/fat.ts';
 import { findPartition, growImage, partitionBytes, PartitionType, readGpt } from '../images/gpt.ts';
 import { derivedUuid } from '../images/guid.ts';
-import { copySparse, mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
+import { copySparse, mergeRanges, type ByteRange } from '../images/sparse.ts';
 import { renderOemGrubCfg } from '../overlays/provision.ts';
 import { replaceRanges, type AssembleImageOptions } from './assemble-hypriot.ts';
 import { rpi4FirmwareFiles } from './rpi4-firmware.ts';
@@ -40,7 +41,7 @@ export async function assembleDiskImage(o: AssembleImageOptions): Promise<void> 
     const oem = partitionBytes(gpt, findPartition(gpt, { label: 'OEM', typeGuid: PartitionType.linuxData }));
     // Flatcar's GRUB already passes its own console arguments; the OEM grub.cfg adds only the rest.
     const extraArgs = provisioning.kernelArgs.filter((a) => !a.startsWith('console='));
-    const fsImage = await buildBtrfs({
+    const fsImage = await buildBtrfsImage({
       label: 'OEM',
       sizeBytes: oem.size,
       files: [
@@ -55,18 +56,19 @@ export async function assembleDiskImage(o: AssembleImageOptions): Promise<void> 
       signal: o.signal,
     });
     try {
-      const written = await writePartition(tmp, oem, fsImage, { signal: o.signal });
+      // Both data maps are known, so only their blocks are read: the rest of the 1 GiB is zeros on both sides.
+      const written = await writePartition(tmp, oem, fsImage.path, { signal: o.signal, fileRanges: fsImage.dataRanges, imageRanges: ranges });
       ranges = replaceRanges(ranges, oem.offset, oem.offset + oem.size, written);
     } finally {
-      await rm(fsImage, { force: true });
+      await rm(dirname(fsImage.path), { recursive: true, force: true });
     }
 
     if (node.hardware === 'rpi4') {
       const esp = partitionBytes(gpt, findPartition(gpt, { label: 'EFI-SYSTEM', typeGuid: PartitionType.efiSystem }));
       const files = await rpi4FirmwareFiles(o);
       await writeFatFiles(tmp, esp.offset, files, { signal: o.signal, epoch: o.epoch, workDir: o.workDir });
-      const espData = await scanDataRanges(tmp, { start: esp.offset, end: esp.offset + esp.size, signal: o.signal });
-      ranges = replaceRanges(ranges, esp.offset, esp.offset + esp.size, espData);
+      // Freed clusters may still hold old bytes, so the FAT's map is added to the base map, never replaces it.
+      ranges = mergeRanges([...ranges, ...(await fatDataRanges(tmp, esp.offset, { signal: o.signal }))]);
     }
 
     await writeBmap(tmp, ranges, bmapTmp, { signal: o.signal });

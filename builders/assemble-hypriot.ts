@@ -4,9 +4,9 @@
 // they were.
 import { rm } from 'node:fs/promises';
 import { writeBmap } from '../images/bmap.ts';
-import { writeFatFiles } from '../images/fat.ts';
+import { fatDataRanges, writeFatFiles } from '../images/fat.ts';
 import { MBR_FAT_TYPES, mbrPartitionBytes, readMbr } from '../images/mbr.ts';
-import { copySparse, mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
+import { copySparse, mergeRanges, type ByteRange } from '../images/sparse.ts';
 import type { RenderedNode } from './build.ts';
 import { InputError } from './errors.ts';
 import type { StageContext } from './events.ts';
@@ -50,7 +50,7 @@ export async function assembleHypriotImage(o: AssembleImageOptions): Promise<voi
     const mbr = await readMbr(tmp);
     const boot = mbr.partitions.find((p) => MBR_FAT_TYPES.has(p.type));
     if (!boot) throw new InputError(`the HypriotOS image ${base.url} has no FAT boot partition`, { hint: 'check sources.hypriot points at HypriotOS releases' });
-    const { offset, size } = mbrPartitionBytes(boot);
+    const { offset } = mbrPartitionBytes(boot);
     await writeFatFiles(
       tmp,
       offset,
@@ -61,8 +61,8 @@ export async function assembleHypriotImage(o: AssembleImageOptions): Promise<voi
       ],
       { signal: o.signal, epoch: o.epoch, workDir: o.workDir },
     );
-    const written = await scanDataRanges(tmp, { start: offset, end: offset + size, signal: o.signal });
-    const ranges = replaceRanges(base.dataRanges, offset, offset + size, written);
+    // Freed clusters may still hold old bytes, so the FAT's map is added to the base map, never replaces it.
+    const ranges = mergeRanges([...base.dataRanges, ...(await fatDataRanges(tmp, offset, { signal: o.signal }))]);
     await writeBmap(tmp, ranges, bmapTmp, { signal: o.signal });
     const meta = { node: node.name, target: node.hardware, arch: node.arch, secret: true };
     await o.out.adoptFile(layout.bmap(node.name), bmapTmp, { kind: 'bmap', ...meta, secret: false });
