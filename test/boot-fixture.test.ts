@@ -54,7 +54,27 @@ bootTest('boot: unmodified fixture pc image (amd64, 2025 layout) under OVMF repo
   assert.deepEqual(r.markers.oemFiles, []);
   assert.deepEqual(r.markers.espFiles, ['EFI/boot/bootx64.efi', 'flatcar/first_boot', 'flatcar/initrd-a', 'flatcar/vmlinuz-a']);
   assert.deepEqual(r.markers.rootFiles, {});
+  assert.deepEqual(r.markers.efiVars, {});
   assert.deepEqual(r.markers.errors, []);
+});
+
+bootTest('boot: the variable store of the fixture RPI_EFI.fd is read by real EDK2 firmware (OVMF) and shows RamLimitTo3GB=1', async () => {
+  const dir = await mkdtemp(join(tmp, 'rpi-efi-'));
+  await run('unzip', ['-q', f.firmware.rpi4.zip, 'RPI_EFI.fd', '-d', dir]);
+  const fd = await readFile(join(dir, 'RPI_EFI.fd'));
+  // The variable-store firmware volume: "_FVH" at +0x28, FileSystemGuid gEfiSystemNvDataFvGuid at +0x10.
+  const nvGuid = Buffer.from('8d2bf1ff96768b4ca9852747075b4f50', 'hex');
+  let fv = -1;
+  for (let off = 0; off < fd.length; off += 0x1000) {
+    if (fd.subarray(off + 0x28, off + 0x2c).toString('latin1') === '_FVH' && fd.subarray(off + 0x10, off + 0x20).equals(nvGuid)) fv = off;
+  }
+  assert.ok(fv >= 0, 'RPI_EFI.fd has a variable store volume');
+  const vars = join(dir, 'vars.fd');
+  await writeFile(vars, fd.subarray(fv, fv + Number(fd.readBigUInt64LE(fv + 0x20))));
+  const image = flatcarRelease(f, 'stable', 'amd64-usr').rawImage;
+  const r = await bootAndCapture({ arch: 'amd64', firmware: 'ovmf', firmwareVars: vars, disk: image, timeoutMs: BOOT_TIMEOUT_MS });
+  assert.ok(r.markers.done, explain(r));
+  assert.deepEqual(r.markers.efiVars, { 'RamLimitTo3GB-cd7cc258-31db-22e6-9f22-63b0b8eed6b5': { attributes: 7, data: '01000000' } });
 });
 
 bootTest('boot: unmodified fixture arm64 image (old layout) under AAVMF reports first boot and no OEM config', async () => {

@@ -260,6 +260,52 @@ describe('Kubernetes releases', () => {
   });
 });
 
+describe('firmware releases', () => {
+  test('pftf/RPi4-shaped zip: members, config.txt, RamLimitTo3GB=1 in RPI_EFI.fd, device trees', async () => {
+    const zip = f.firmware.rpi4.zip;
+    assert.equal(zip, join(f.root, 'github/pftf/RPi4/releases/download/v1.50/RPi4_UEFI_Firmware_v1.50.zip'));
+    assert.equal((await run('sha256sum', [zip])).stdout.split(' ')[0], f.firmware.rpi4.sha256);
+    const members = (await run('unzip', ['-Z1', zip])).stdout.trim().split('\n').sort();
+    assert.deepEqual(members, ['RPI_EFI.fd', 'Readme.md', 'bcm2711-rpi-4-b.dtb', 'bcm2711-rpi-400.dtb', 'config.txt', 'fixup4.dat', 'overlays/miniuart-bt.dtbo', 'overlays/upstream-pi4.dtbo', 'start4.elf']);
+    const member = async (name: string) => Buffer.from((await run('unzip', ['-p', zip, name], { binary: true })).stdout, 'latin1');
+    assert.equal(
+      (await run('unzip', ['-p', zip, 'config.txt'])).stdout,
+      'arm_64bit=1\narm_boost=1\nenable_uart=1\nuart_2ndstage=1\nenable_gic=1\narmstub=RPI_EFI.fd\ndisable_commandline_tags=1\ndisable_overscan=1\ndevice_tree_address=0x3e0000\ndevice_tree_end=0x400000\ndtoverlay=miniuart-bt\ndtoverlay=upstream-pi4\n',
+    );
+    const dir = await mkdtemp(join(tmp, 'rpi4-'));
+    await run('unzip', ['-q', zip, '-d', dir]);
+    const fd = await readFile(join(dir, 'RPI_EFI.fd'));
+    // An authenticated variable header (EDK2 VariableFormat.h) right before the UTF-16 name.
+    const name = Buffer.from('RamLimitTo3GB\0', 'utf16le');
+    const at = fd.indexOf(name);
+    assert.ok(at > 60, 'RamLimitTo3GB is in RPI_EFI.fd');
+    const h = at - 60;
+    assert.equal(fd.readUInt16LE(h), 0x55aa, 'StartId');
+    assert.equal(fd[h + 2], 0x3f, 'State VAR_ADDED');
+    assert.equal(fd.readUInt32LE(h + 4), 7, 'NV+BS+RT');
+    // Packed: StartId 2, State 1, Reserved 1, Attributes 4, MonotonicCount 8, TimeStamp 16, PubKeyIndex 4, then NameSize, DataSize, VendorGuid.
+    assert.equal(fd.readUInt32LE(h + 36), name.length, 'NameSize');
+    assert.equal(fd.readUInt32LE(h + 40), 4, 'DataSize');
+    assert.equal(fd.subarray(h + 44, h + 60).toString('hex'), '58c27ccddb31e6229f2263b0b8eed6b5', 'VendorGuid');
+    assert.equal(fd.readUInt32LE(at + name.length), 1, 'RamLimitTo3GB = 1 (the limit is on, as pftf ships it)');
+    for (const dtb of ['bcm2711-rpi-4-b.dtb', 'bcm2711-rpi-400.dtb', 'overlays/miniuart-bt.dtbo', 'overlays/upstream-pi4.dtbo']) {
+      const b = await readFile(join(dir, dtb));
+      assert.equal(b.readUInt32BE(0), 0xd00dfeed, `${dtb} is a flattened device tree`);
+      assert.equal(b.readUInt32BE(4), b.length, `${dtb} totalsize`);
+    }
+    assert.equal((await readFile(join(dir, 'start4.elf'))).subarray(0, 4).toString('latin1'), '\x7fELF');
+  });
+
+  test('iPXE binaries from Debian, with their sha256', async () => {
+    assert.deepEqual(Object.keys(f.firmware.ipxe).sort(), ['ipxe.efi', 'snponly.efi', 'undionly.kpxe']);
+    for (const [name, { path, sha256 }] of Object.entries(f.firmware.ipxe)) {
+      assert.equal(path, join(f.root, 'ipxe', name));
+      assert.equal((await run('sha256sum', [path])).stdout.split(' ')[0], sha256);
+      if (name.endsWith('.efi')) assert.equal((await readFile(path)).subarray(0, 2).toString('latin1'), 'MZ', `${name} is a PE image`);
+    }
+  });
+});
+
 describe('fixture server', () => {
   test('serves the tree with HEAD, ranges, 404 and a request log; sourcesToml points at it', async () => {
     const s = f.server;
@@ -300,6 +346,20 @@ describe('fixture server', () => {
     // The template resolves to the file this test read from disk.
     const v = await fetch(`${s.sourcesToml.match(/^flatcar = "(.*)"$/m)![1].replace('{channel}', 'stable')}/amd64-usr/current/version.txt`);
     assert.equal(await v.text(), body);
+    // Every base URL of the block, completed the way builders/spec.ts documents each Sources field.
+    const base = (key: string) => s.sourcesToml.match(new RegExp(`^${key} = "(.*)"$`, 'm'))![1];
+    for (const url of [
+      `${base('hypriot')}/v1.12.3/hypriotos-rpi-v1.12.3.img.zip`,
+      `${base('kubernetes')}/v1.33.4/bin/linux/arm64/kubelet`,
+      `${base('github')}/kubernetes-sigs/cri-tools/releases/download/v1.33.0/crictl-v1.33.0-linux-arm64.tar.gz`,
+      `${base('github')}/containernetworking/plugins/releases/download/v1.7.1/cni-plugins-linux-amd64-v1.7.1.tgz.sha256`,
+      `${base('ipxe')}/undionly.kpxe`,
+      `${base('firmware')}/v1.50/RPi4_UEFI_Firmware_v1.50.zip`,
+      `${base('flatcar').replace('{channel}', 'lts')}/arm64-usr/current-2024/flatcar_production_image.bin.bz2.sig`,
+    ]) {
+      const r = await fetch(url, { method: 'HEAD' });
+      assert.equal(r.status, 200, url);
+    }
   });
 
   test('injected faults: truncated body, replaced body, error status', async () => {

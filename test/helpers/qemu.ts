@@ -36,6 +36,8 @@ export interface BootOptions {
   nic?: string;
   /** NIC MAC address for `netdev`. */
   mac?: string;
+  /** A UEFI variable store to start from instead of the firmware package's empty one (copied, never written). */
+  firmwareVars?: string;
   /** Boot from the network first (BIOS: -boot n). */
   bootFromNetwork?: boolean;
   extraArgs?: string[];
@@ -60,6 +62,8 @@ export interface BootMarkers {
   rootLinks: Record<string, string>;
   /** Paths in the initramfs (oem/config.ign, usr/share/oem/config.ign) → sha256 or 'none'. */
   pxeConfigs: Record<string, string>;
+  /** UEFI variables under the reported vendor GUIDs: `Name-guid` → attributes and data (hex). */
+  efiVars: Record<string, { attributes: number; data: string }>;
   errors: string[];
   done: boolean;
 }
@@ -83,7 +87,7 @@ process.on('exit', () => {
 const ESCAPES = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-Za-z]|\x1b[=>c]|\r/g;
 
 export function parseMarkers(serial: string): BootMarkers {
-  const m: BootMarkers = { rootFiles: {}, rootLinks: {}, pxeConfigs: {}, errors: [], done: false };
+  const m: BootMarkers = { rootFiles: {}, rootLinks: {}, pxeConfigs: {}, efiVars: {}, errors: [], done: false };
   const list = (v: string) => (v === 'none' ? [] : v.split(' ').filter(Boolean));
   for (const raw of serial.split('\n')) {
     const at = raw.indexOf('BRAMBLE-');
@@ -106,6 +110,10 @@ export function parseMarkers(serial: string): BootMarkers {
     } else if ((v = value(MARKER.pxeConfig)) !== undefined) {
       const [path, sha] = v.split(' ');
       m.pxeConfigs[path] = sha;
+    } else if ((v = value(MARKER.efiVar)) !== undefined) {
+      const [name, hex] = v.split(' ');
+      // efivarfs files start with the 4-byte little-endian attributes.
+      m.efiVars[name] = { attributes: Buffer.from(hex.slice(0, 8), 'hex').readUInt32LE(0), data: hex.slice(8) };
     } else if ((v = value(MARKER.error)) !== undefined) m.errors.push(v);
     else if (line.startsWith(MARKER.done)) m.done = true;
   }
@@ -129,7 +137,7 @@ async function qemuArgs(o: BootOptions, tmp: string): Promise<{ tool: string; ar
     if ((o.firmware === 'ovmf') !== (o.arch === 'amd64')) throw new Error(`${o.firmware} firmware does not run on ${o.arch}`);
     const f = firmwareFiles(o.firmware);
     const vars = join(tmp, 'vars.fd');
-    await copyFile(f.vars, vars);
+    await copyFile(o.firmwareVars ?? f.vars, vars);
     args.push('-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${f.code}`, '-drive', `if=pflash,format=raw,unit=1,file=${vars}`);
   }
   if (o.disk) args.push('-drive', `file=${o.disk},format=raw,if=virtio,snapshot=on`);
