@@ -148,6 +148,14 @@ export async function publishFlatcar(
   }
 }
 
+/** iPXE binaries per arch and the RPi4 UEFI firmware zip: upstream publishes no checksums for them. */
+export function publishBootFirmware(server: UpstreamServer): void {
+  for (const file of ['undionly.kpxe', 'ipxe.efi', 'snponly.efi', 'arm64-efi/snponly.efi']) {
+    server.files.set(`/ipxe/${file}`, Buffer.from(`ipxe ${file}\n`));
+  }
+  server.files.set('/firmware/v1.50/RPi4_UEFI_Firmware_v1.50.zip', Buffer.from('firmware zip stand-in\n'));
+}
+
 export function testSources(server: UpstreamServer, key?: TestKey): Sources {
   return {
     ...defaultSources,
@@ -155,6 +163,8 @@ export function testSources(server: UpstreamServer, key?: TestKey): Sources {
     hypriot: `${server.base}/hypriot`,
     kubernetes: `${server.base}/dl.k8s.io/release`,
     github: `${server.base}/github`,
+    ipxe: `${server.base}/ipxe`,
+    firmware: `${server.base}/firmware`,
     trustedKeys: key ? [key.armoredPublic] : [],
   };
 }
