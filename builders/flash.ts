@@ -12,7 +12,7 @@ import { readBmap, type Bmap } from '../images/bmap.ts';
 import { checkTarget, inspectTarget, tooSmall, type TargetInfo } from '../images/devices.ts';
 import { SECTOR_SIZE } from '../images/gpt.ts';
 import { alignedBuffer, BufferPool } from '../images/sources/aligned.ts';
-import { readRanges, streamDataBlocks, streamRanges, type Piece, type StreamTally } from '../images/sources/mapped.ts';
+import { readAhead, readRanges, streamDataBlocks, streamRanges, type Piece, type StreamTally } from '../images/sources/mapped.ts';
 import { isUrl, locateBmap, openImageSource } from '../images/sources/open.ts';
 import type { ImageSource } from '../images/sources/source.ts';
 import { scanDataRanges, type ByteRange } from '../images/sparse.ts';
@@ -29,8 +29,8 @@ export type { FlashProgress, FlashPhase } from './flash-progress.ts';
 export const HEAD_BYTES = 1024 * 1024;
 /** Bytes per read and per write: large writes are what flash media are fast at. */
 const CHUNK_BYTES = 8 * 1024 * 1024;
-/** Aligned buffers: one being read, writes in flight, one spare. */
-const POOL_BUFFERS = 4;
+/** Aligned buffers: one being read ahead, one being hashed, writes in flight, one spare. */
+const POOL_BUFFERS = 5;
 const WRITES_IN_FLIGHT = 2;
 /** Digest of segments the bmap does not cover as a whole (and of everything without a bmap). */
 const OWN_DIGEST = 'sha256';
@@ -82,13 +82,18 @@ interface RangeCheck {
   hash?: Hash;
 }
 
-/** Split ranges at the head boundary, so the held-back head is made of whole segments. */
+/**
+ * Split ranges at the head boundary, so the held-back head is made of whole segments. A range with a
+ * digest (from the bmap) keeps it when it is not split; the others get their own, computed while reading.
+ */
 function segmentsOf(ranges: readonly ByteRange[], digestOf: (i: number) => string | undefined, algorithm: string): Segment[] {
   const out: Segment[] = [];
   ranges.forEach(([start, end], i) => {
+    const digest = digestOf(i);
     if (start < HEAD_BYTES && end > HEAD_BYTES) {
-      out.push({ start, end: HEAD_BYTES, algorithm }, { start: HEAD_BYTES, end, algorithm });
-    } else out.push({ start, end, digest: digestOf(i), algorithm });
+      out.push({ start, end: HEAD_BYTES, algorithm: OWN_DIGEST }, { start: HEAD_BYTES, end, algorithm: OWN_DIGEST });
+    } else if (digest === undefined) out.push({ start, end, algorithm: OWN_DIGEST });
+    else out.push({ start, end, digest, algorithm });
   });
   return out;
 }
@@ -208,7 +213,7 @@ class ImageWriter {
     const inflight: Array<Promise<unknown>> = [];
     this.meter.start('flashing', this.known?.reduce((n, s) => n + s.end - s.start, 0));
     try {
-      for await (const piece of this.pieces(tally)) {
+      for await (const piece of readAhead(this.pieces(tally))) {
         const { pos, data } = piece;
         const end = pos + data.length;
         let seg: Segment;
@@ -233,7 +238,7 @@ class ImageWriter {
           }
         }
         if (seg.digest === undefined) {
-          (own ??= createHash(OWN_DIGEST)).update(data);
+          (own ??= createHash(seg.algorithm)).update(data);
           if (end === seg.end) {
             seg.digest = own.digest('hex');
             own = undefined;

@@ -1,7 +1,8 @@
 // An uncompressed image file: read at any offset, so only its mapped ranges are ever read.
 import { createReadStream } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import type { ImageSource, RandomAccessSource } from './source.ts';
+import { InputError } from '../../builders/errors.ts';
+import type { RandomAccessSource } from './source.ts';
 
 /** Read size for sequential streaming of a whole file. */
 const STREAM_CHUNK = 4 * 1024 * 1024;
@@ -17,6 +18,7 @@ export class FileSource implements RandomAccessSource {
     const fh = await open(path, 'r');
     try {
       const st = await fh.stat();
+      if (!st.isFile()) throw new InputError(`${path} is not a regular file`, { hint: 'flash from an image file or an http(s) URL' });
       return new FileSource(path, st.size, fh);
     } catch (e) {
       await fh.close();
@@ -49,8 +51,4 @@ export class FileSource implements RandomAccessSource {
   async close(): Promise<void> {
     await this.fh.close();
   }
-}
-
-export function isRandomAccess(s: ImageSource): s is RandomAccessSource {
-  return s.canRead();
 }

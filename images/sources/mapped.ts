@@ -169,3 +169,23 @@ export async function* streamDataBlocks(
   if (cur) yield { pos: cur.pos, data: cur.buffer.subarray(0, cur.fill), buffer: cur.buffer };
   tally.length = offset;
 }
+
+/**
+ * Keep the next piece being read while the caller hashes and writes this one: the source, the CPU
+ * and the targets then work at the same time instead of taking turns.
+ */
+export async function* readAhead<T>(source: AsyncGenerator<T>): AsyncGenerator<T> {
+  let next = source.next();
+  try {
+    for (;;) {
+      const r = await next;
+      if (r.done) return;
+      next = source.next();
+      yield r.value;
+    }
+  } finally {
+    // Leaving early (every target failed, an error): let the read under way settle, then close the source.
+    await next.catch(() => {});
+    await source.return(undefined).catch(() => {});
+  }
+}
