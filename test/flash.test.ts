@@ -203,6 +203,21 @@ describe('flash to regular files', () => {
     assert.match(e.message, /download/);
   });
 
+  test('--json: progress events carry phase, bytes, speed and eta, and one result event per target', async () => {
+    const target = join(dir, 'json.img');
+    const { ctx, out } = commandContext([img.path, target], { json: true });
+    const events: Array<Record<string, unknown>> = [];
+    ctx.events = (e) => events.push({ ...e });
+    assert.equal(await makeFlashCommand()(ctx), 0);
+    assert.equal(out.join(''), '', 'with --json nothing but events is printed');
+    const progress = events.filter((e) => e.kind === 'progress' && e.stage === 'flash');
+    assert.deepEqual([...new Set(progress.map((e) => e.what))], ['flashing', 'syncing', 'verifying']);
+    const last = progress.filter((e) => e.what === 'flashing').pop()!;
+    assert.equal(last.done, last.total);
+    assert.equal(typeof last.speed, 'number');
+    assert.ok(events.some((e) => e.kind === 'info' && e.target === target && e.ok === true && typeof e.bytesWritten === 'number'));
+  });
+
   test('writing the image onto itself is refused', async () => {
     const results = await flashImage(options(img.path, [img.path]));
     assert.match(failure(results, img.path).message, /is the image \(or its bmap\) itself/);
