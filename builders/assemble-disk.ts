@@ -75,7 +75,7 @@ export async function assembleDiskImage(o: AssembleImageOptions): Promise<void> 
     const meta = { node: node.name, target: node.hardware, arch: node.arch };
     await o.out.adoptFile(layout.bmap(node.name), bmapTmp, { kind: 'bmap', ...meta, secret: false });
     // The image carries the node's config (and later its keys), so it is as secret as the config.
-    await o.out.adoptFile(imageRel, tmp, { kind: 'disk-image', ...meta, secret: true });
+    await o.out.adoptFile(imageRel, tmp, { kind: 'disk-image', ...meta, secret: true }, { dataRanges: ranges });
   } catch (e) {
     await rm(tmp, { force: true });
     await rm(bmapTmp, { force: true });

@@ -66,7 +66,7 @@ export async function assembleHypriotImage(o: AssembleImageOptions): Promise<voi
     await writeBmap(tmp, ranges, bmapTmp, { signal: o.signal });
     const meta = { node: node.name, target: node.hardware, arch: node.arch, secret: true };
     await o.out.adoptFile(layout.bmap(node.name), bmapTmp, { kind: 'bmap', ...meta, secret: false });
-    await o.out.adoptFile(imageRel, tmp, { kind: 'disk-image', ...meta });
+    await o.out.adoptFile(imageRel, tmp, { kind: 'disk-image', ...meta }, { dataRanges: ranges });
   } catch (e) {
     await rm(tmp, { force: true });
     await rm(bmapTmp, { force: true });

@@ -1,5 +1,6 @@
 // The build, as the pipeline in DESIGN.md reads: plan → fetch → render → assemble → package.
 // Each stage announces itself through events; the CLI decides how that looks.
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sourceDateEpoch } from '../images/cpio.ts';
 import { renderIgnitionJson } from '../ignition/render.ts';
@@ -82,9 +83,11 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
   const clusterDir = layout.clusterDir(o.outDir, spec.name);
   const out = new OutputWriter(clusterDir, events, signal);
   await out.begin();
+  // Scratch space beside the outputs (same filesystem, so finished images are renamed into place).
+  const workDir = join(clusterDir, '.work');
+  try {
   await stage(events, 'assemble', 'Assemble images and PXE tree', async () => {
     for (const r of rendered) await writeConfigs(out, r);
-    const workDir = join(clusterDir, '.work');
     let i = 0;
     for (const r of rendered.filter((r) => r.node.boot === 'disk')) {
       events({ kind: 'progress', stage: 'assemble', what: 'disk images', done: i++, total: rendered.length, unit: 'items' });
@@ -108,6 +111,9 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
       });
     }
   });
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
 
   const manifest = await stage(events, 'package', 'Write manifest and checksums', async () =>
     out.finish({
