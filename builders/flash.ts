@@ -21,7 +21,7 @@ import type { EventSink } from './events.ts';
 import { readPrimaryGpt, relocateGpt } from './flash-gpt.ts';
 import { ProgressMeter, type FlashProgress } from './flash-progress.ts';
 import { TargetRun, type Segment } from './flash-run.ts';
-import { openTarget } from './flash-targets.ts';
+import { openTarget, targetIoError } from './flash-targets.ts';
 
 export type { FlashProgress, FlashPhase } from './flash-progress.ts';
 
@@ -137,8 +137,9 @@ async function openTargets(opts: FlashOptions, imageSize: number | undefined, bm
       run.imageSize = imageSize;
       runs.push(run);
     } catch (e) {
-      if (!(e instanceof BrambleError)) throw e;
-      results.set(path, { ok: false, error: e });
+      // A failed system call (a device that vanished, an odd sysfs entry) fails this target only.
+      if (!(e instanceof BrambleError) && !(e as NodeJS.ErrnoException).code) throw e;
+      results.set(path, { ok: false, error: e instanceof BrambleError ? e : targetIoError(path, 'inspect', e) });
     }
   }
   return runs;
@@ -175,8 +176,8 @@ class ImageWriter {
 
   private rangeChecks(): RangeCheck[] {
     if (!this.bmap) return [];
-    const b = this.bmap;
-    return b.ranges.map((r, i) => ({ start: bmapRanges(b)[i]![0], end: bmapRanges(b)[i]![1], first: r.first, last: r.last, chksum: r.chksum }));
+    const bytes = bmapRanges(this.bmap);
+    return this.bmap.ranges.map((r, i) => ({ start: bytes[i]![0], end: bytes[i]![1], first: r.first, last: r.last, chksum: r.chksum }));
   }
 
   /** Once the head is complete: move each larger drive's backup GPT, refuse drives too small for it. */
