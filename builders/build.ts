@@ -1,6 +1,6 @@
 // The build, as the pipeline in DESIGN.md reads: plan → fetch → render → assemble → package.
 // Each stage announces itself through events; the CLI decides how that looks.
-import { rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sourceDateEpoch } from '../images/cpio.ts';
 import { renderIgnitionJson } from '../ignition/render.ts';
@@ -85,6 +85,7 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
   await out.begin();
   // Scratch space beside the outputs (same filesystem, so finished images are renamed into place).
   const workDir = join(clusterDir, '.work');
+  await mkdir(workDir, { recursive: true });
   try {
   await stage(events, 'assemble', 'Assemble images and PXE tree', async () => {
     for (const r of rendered) await writeConfigs(out, r);
@@ -173,7 +174,8 @@ function pxeNodeConfig(spec: ClusterSpec, version: string, r: RenderedNode): Pxe
     signingKey: spec.sources.trustedKeys[0],
     sshAuthorizedKeys: spec.ssh.authorizedKeys,
   });
-  return { node: r.node, ignitionJson: renderIgnitionJson(installer), kernelArgs: installer.kernelArgs };
+  // The installer is the node's netboot, so it gets the node's kernel arguments ([provision] and its own).
+  return { node: r.node, ignitionJson: renderIgnitionJson(installer), kernelArgs: r.provisioning.kernelArgs };
 }
 
 function summarise(clusterDir: string, m: Manifest): string {
