@@ -33,12 +33,16 @@ async function main(): Promise<number> {
     const sources = join(outDir, 'demo-sources.toml');
     await writeFile(sources, server.sourcesToml);
     log(`demo: fixture upstream at ${server.url}; its [sources] block is in ${sources}`);
-    const common = ['-c', 'examples/cluster.toml', '--sources', sources, '--lock', join(outDir, 'demo.lock')];
+    const flatcar = ['-c', 'examples/cluster.toml', '--sources', sources, '--lock', join(outDir, 'demo.lock')];
+    const hypriot = ['-c', 'examples/hypriot-rpi3.toml', '--sources', sources, '--lock', join(outDir, 'pi-cluster.lock')];
     for (const args of [
-      ['plan', ...common],
-      ['fetch', ...common],
-      ['build', ...common, '--out', outDir],
+      ['plan', ...flatcar],
+      ['fetch', ...flatcar],
+      ['build', ...flatcar, '--out', outDir],
       ['inspect', join(outDir, 'demo')],
+      // The legacy 32-bit HypriotOS path, as the ceil cluster ran it: three Raspberry Pi 3 SD cards.
+      ['build', ...hypriot, '--out', outDir],
+      ['inspect', join(outDir, 'pi-cluster', 'images', 'pi-1.img')],
     ]) {
       const code = await runBramble(args);
       if (code !== 0) return code;
