@@ -55,7 +55,7 @@ test('the data map is exact at block granularity whatever the chunking of the st
     [22 * SPARSE_BLOCK, 23 * SPARSE_BLOCK],
     [size - (size % SPARSE_BLOCK), size],
   ];
-  for (const chunk of [1, 7, 4095, 4096, 4097, 65536, size]) {
+  for (const chunk of [13, 4095, 4096, 4097, 65536, size]) {
     async function* source() {
       for (let i = 0; i < size; i += chunk) yield raw.subarray(i, Math.min(size, i + chunk));
     }
