@@ -87,31 +87,9 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
   const workDir = join(clusterDir, '.work');
   await mkdir(workDir, { recursive: true });
   try {
-  await stage(events, 'assemble', 'Assemble images and PXE tree', async () => {
-    for (const r of rendered) await writeConfigs(out, r);
-    let i = 0;
-    for (const r of rendered.filter((r) => r.node.boot === 'disk')) {
-      events({ kind: 'progress', stage: 'assemble', what: 'disk images', done: i++, total: rendered.length, unit: 'items' });
-      if (spec.os.base === 'flatcar') {
-        await assembleDiskImage({ spec, rendered: r, inputs: fetched.inputs, out, epoch, workDir, signal, events });
-      } else {
-        await assembleHypriotImage({ spec, rendered: r, inputs: fetched.inputs, out, epoch, workDir, signal, events });
-      }
-    }
-    const pxe = rendered.filter((r) => r.node.boot === 'pxe');
-    if (pxe.length) {
-      await assemblePxe({
-        spec,
-        version,
-        nodes: pxe.map((r) => pxeNodeConfig(spec, version, r)),
-        inputs: fetched.inputs,
-        out,
-        epoch,
-        signal,
-        events,
-      });
-    }
-  });
+    await stage(events, 'assemble', 'Assemble images and PXE tree', () =>
+      assembleAll({ spec, version, rendered, inputs: fetched.inputs, out, epoch, workDir, signal, events }),
+    );
   } finally {
     await rm(workDir, { recursive: true, force: true });
   }
@@ -135,6 +113,42 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
     }),
   );
   return { plan, manifest, clusterDir, summary: summarise(clusterDir, manifest) };
+}
+
+interface AssembleAllOptions extends StageContext {
+  spec: ClusterSpec;
+  version: string;
+  rendered: RenderedNode[];
+  inputs: Map<string, FetchedInput>;
+  out: OutputWriter;
+  epoch: number;
+  workDir: string;
+}
+
+/** Configs, then one disk image per disk node, then the PXE tree for the netbooted ones. */
+async function assembleAll(o: AssembleAllOptions): Promise<void> {
+  const { spec, rendered, out } = o;
+  for (const r of rendered) await writeConfigs(out, r);
+  const disk = rendered.filter((r) => r.node.boot === 'disk');
+  for (const [i, r] of disk.entries()) {
+    o.events({ kind: 'progress', stage: 'assemble', what: 'disk images', done: i, total: disk.length, unit: 'items' });
+    const common = { spec, rendered: r, inputs: o.inputs, out, epoch: o.epoch, workDir: o.workDir, signal: o.signal, events: o.events };
+    if (spec.os.base === 'flatcar') await assembleDiskImage(common);
+    else await assembleHypriotImage(common);
+  }
+  const pxe = rendered.filter((r) => r.node.boot === 'pxe');
+  if (pxe.length) {
+    await assemblePxe({
+      spec,
+      version: o.version,
+      nodes: pxe.map((r) => pxeNodeConfig(spec, o.version, r)),
+      inputs: o.inputs,
+      out,
+      epoch: o.epoch,
+      signal: o.signal,
+      events: o.events,
+    });
+  }
 }
 
 export function renderNode(spec: ClusterSpec, node: NodeSpec): RenderedNode {

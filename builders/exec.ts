@@ -7,6 +7,11 @@ import { HostToolError } from './errors.ts';
 
 /** Debian package providing each tool we call. */
 export const toolPackages: Record<string, string> = {
+  cp: 'coreutils',
+  sha256sum: 'coreutils',
+  dumpe2fs: 'e2fsprogs',
+  mdeltree: 'mtools',
+  setpriv: 'util-linux',
   'mkfs.btrfs': 'btrfs-progs',
   btrfs: 'btrfs-progs',
   'mkfs.vfat': 'dosfstools',
