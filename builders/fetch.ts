@@ -203,7 +203,7 @@ export async function fetchInput(cache: Cache, source: InputSource, ctx: InputCo
     verifiedWith,
   };
   if (source.derive) {
-    const derived: DerivedImage = await deriveImage(cache, source.derive, blob, { signal: ctx.signal, events: ctx.events, what: basename(source.url) });
+    const derived: DerivedImage = await deriveImage(cache, source.derive, blob, { signal: ctx.signal, events: ctx.events, what: `${basename(source.url)} → sparse image` });
     fetched.derivedPath = derived.path;
     fetched.dataRanges = derived.dataRanges;
   }

@@ -15,7 +15,7 @@ export const SPARSE_BLOCK = 4096;
 /** Runs of data are gathered up to this many bytes before one positional write. */
 const SPARSE_WRITE_BATCH = 1024 * 1024;
 /** How often (in bytes of output) progress events are emitted. */
-const PROGRESS_STEP = 64 * 1024 * 1024;
+const PROGRESS_STEP = 256 * 1024 * 1024;
 
 export type DataRange = [start: number, end: number];
 
