@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,7 +12,7 @@ import { ExitCode, VerificationError, type BrambleError } from '../builders/erro
 import type { BrambleEvent } from '../builders/events.ts';
 import { Cache, defaultCacheDir, sha256Hex } from '../images/cache.ts';
 import { fetchBlob, type FetchContext } from '../images/download.ts';
-import { sha256 } from './helpers/tiny-upstream.ts';
+import { filesUnder, sha256 } from './helpers/tiny-upstream.ts';
 import { UpstreamServer } from './helpers/upstream-server.ts';
 
 async function setup(t: import('node:test').TestContext) {
@@ -27,14 +27,6 @@ async function setup(t: import('node:test').TestContext) {
   return { server, cache: new Cache(dir), dir, events, ctx };
 }
 
-/** Every regular file under dir, relative. */
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
-    if (e.isFile()) out.push(join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(dir.length + 1));
-  }
-  return out.sort();
-}
 
 function exitCodeOf(code: number, pattern?: RegExp) {
   return (e: unknown) => {

@@ -4,7 +4,7 @@
 // ~/.cache/bramble-test/fetch-cache: content-addressed, it is keyed by the bytes themselves.
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExitCode, type BrambleError } from '../builders/errors.ts';
@@ -15,7 +15,7 @@ import { Cache } from '../images/cache.ts';
 import { kubernetesInputs } from '../images/catalog/kubernetes.ts';
 import { loadTrustedKeys } from '../images/verify.ts';
 import { flatcarRelease, getFixture, type Fixture } from './helpers/fixture.ts';
-import { node, testSpec } from './helpers/tiny-upstream.ts';
+import { filesUnder, node, testSpec } from './helpers/tiny-upstream.ts';
 
 let f: Fixture;
 let sources: Sources;
@@ -58,13 +58,6 @@ const opts = (cacheDir: string, over: Partial<FetchOptions> = {}): FetchOptions 
   ...over,
 });
 
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
-    if (e.isFile()) out.push(join(e.parentPath, e.name));
-  }
-  return out;
-}
 
 function fails(code: number, pattern: RegExp) {
   return (e: unknown) => {

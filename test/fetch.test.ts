@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExitCode, type BrambleError } from '../builders/errors.ts';
@@ -17,6 +17,7 @@ import { cniPluginsInput, kubernetesBinaryInput } from '../images/catalog/kubern
 import { loadTrustedKeys } from '../images/verify.ts';
 import {
   detachedSignature,
+  filesUnder,
   FLATCAR_PREFIX,
   flatcarDigests,
   makeFlatcarRelease,
@@ -68,13 +69,6 @@ async function setup(t: import('node:test').TestContext, publish: { signing?: 's
   return { server, cacheDir, spec, opts, events, mirror, stranger };
 }
 
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
-    if (e.isFile()) out.push(join(e.parentPath, e.name).slice(dir.length + 1));
-  }
-  return out.sort();
-}
 
 function fails(code: number, ...patterns: RegExp[]) {
   return (e: unknown) => {

@@ -3,7 +3,7 @@
 // HypriotOS zips with sha256sum files, dl.k8s.io bare-hex checksums. Served by UpstreamServer.
 import * as openpgp from 'openpgp';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../../builders/exec.ts';
@@ -186,4 +186,13 @@ export function testSpec(sources: Sources, over: Partial<ClusterSpec> = {}): Clu
     nodes: [node('cp1', { role: 'control-plane' })],
     ...over,
   };
+}
+
+/** Every regular file under `dir`, relative to it and sorted: what a failed fetch must not leave behind. */
+export async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
+    if (e.isFile()) out.push(join(e.parentPath, e.name).slice(dir.length + 1));
+  }
+  return out.sort();
 }
