@@ -56,6 +56,7 @@ export const toolPackages: Record<string, string> = {
   mount: 'mount',
   umount: 'mount',
   cmp: 'diffutils',
+  ip: 'iproute2',
 };
 
 export function installHint(tool: string): string {

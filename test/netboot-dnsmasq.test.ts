@@ -1,0 +1,240 @@
+// The generated dnsmasq configs against real dnsmasq: `dnsmasq --test` accepts both, and a machine
+// netboots through dnsmasq.conf (full DHCP with static leases + TFTP) inside a network namespace the
+// test creates. There a tap device carries the address of the tree's HTTP server (the first
+// control-plane's ip, port 8080: the URL dnsmasq.conf hands to iPXE), busybox httpd serves the tree
+// there as any stock server would, and qemu (its iPXE ROM) on the tap gets its static lease and the
+// HTTP boot script from dnsmasq, then boots its own config. qemu's ROM is iPXE, so it skips the TFTP
+// chainload step; dnsmasq's TFTP is checked by fetching the iPXE binaries dnsmasq.conf names.
+// Only tftp-root and interface are adapted; every other line is the generated one.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { requireTool, run } from '../builders/exec.ts';
+import { layout, macHyphen } from '../builders/layout.ts';
+import type { Manifest } from '../builders/output.ts';
+import { getFixture } from './helpers/fixture.ts';
+import { buildPxeWithCli, explainCli, pxeRoot, writePxeCluster, type PxeTestCluster, type PxeTestNode } from './helpers/pxe-cluster.ts';
+import { parseMarkers, type BootMarkers } from './helpers/qemu.ts';
+
+const skipBoot = process.env.BRAMBLE_SKIP_BOOT === '1' ? 'BRAMBLE_SKIP_BOOT=1' : undefined;
+const skipRoot = process.getuid?.() === 0 ? undefined : 'needs root: it creates a network namespace and a tap device';
+/** Generous: TCG on a loaded 2-core machine; a netboot normally takes 15-45 s. */
+const BOOT_TIMEOUT_MS = 10 * 60_000;
+/** How long a freshly started server may take to answer before the test gives up on it. */
+const SERVER_START_MS = 60_000;
+const NS = `bramble-netboot-${process.pid}`;
+const TAP = 'bramble0';
+const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
+
+const CLUSTER: PxeTestCluster = {
+  name: 'netlab',
+  nodeCidr: '10.79.0.0/24',
+  controlPlaneIp: '10.79.0.2',
+  kernelArgs: ['bramble.test=netboot'],
+  nodes: [
+    { name: 'w-1', mac: '52:54:00:79:00:11' },
+    { name: 'w-2', mac: '52:54:00:79:00:12' },
+  ],
+};
+const w1 = CLUSTER.nodes[0] as PxeTestNode;
+
+let tmp: string;
+let clusterDir: string;
+let tree: string;
+before(async () => {
+  const f = await getFixture();
+  tmp = await mkdtemp(join(tmpdir(), 'bramble-netboot-'));
+  // dnsmasq drops root for `nobody`, which must be able to walk to its TFTP root.
+  await chmod(tmp, 0o755);
+  const files = await writePxeCluster(join(tmp, 'src'), f, CLUSTER);
+  const outDir = join(tmp, 'out');
+  const r = await buildPxeWithCli(files, { outDir, cacheDir: join(tmp, 'cache'), lockPath: join(tmp, 'bramble.lock') });
+  assert.equal(r.code, 0, explainCli(r));
+  clusterDir = layout.clusterDir(outDir, CLUSTER.name);
+  tree = pxeRoot(outDir, CLUSTER.name);
+});
+after(async () => {
+  if (tmp) await rm(tmp, { recursive: true, force: true });
+});
+
+/** `key=value` lines of a dnsmasq config with this key. */
+const options = (conf: string, key: string) => conf.split('\n').filter((l) => l.startsWith(`${key}=`)).map((l) => l.slice(key.length + 1));
+
+test('dnsmasq --test accepts the generated dnsmasq.conf and dnsmasq-proxy.conf; leases, boot URL and boot files match the tree', async () => {
+  for (const conf of [layout.dnsmasqConf, layout.dnsmasqProxyConf]) {
+    const r = await run('dnsmasq', ['--test', `--conf-file=${join(clusterDir, conf)}`]);
+    assert.match(r.stdout + r.stderr, /syntax check OK/, conf);
+  }
+  const full = await readFile(join(clusterDir, layout.dnsmasqConf), 'utf8');
+  const proxy = await readFile(join(clusterDir, layout.dnsmasqProxyConf), 'utf8');
+  const manifest = JSON.parse(await readFile(join(clusterDir, layout.manifest), 'utf8')) as Manifest;
+  assert.deepEqual(
+    options(full, 'dhcp-host'),
+    manifest.nodes.map((n) => `${n.mac},${n.ip},${n.name},12h`),
+    'one static lease per node, at the address its config sets',
+  );
+  const bootUrl = `http://${CLUSTER.controlPlaneIp}:8080/boot.ipxe`;
+  assert.ok(options(full, 'dhcp-boot').includes(`tag:ipxe,${bootUrl}`), 'iPXE gets the HTTP boot script');
+  assert.deepEqual(options(full, 'dhcp-range'), ['10.79.0.0,static,255.255.255.0,12h']);
+  assert.deepEqual(options(proxy, 'dhcp-range'), ['10.79.0.0,proxy,255.255.255.0']);
+  for (const conf of [full, proxy]) assert.deepEqual(options(conf, 'tftp-root'), [`/srv/bramble/${CLUSTER.name}/pxe`]);
+  // Firmware PXE clients are sent an iPXE binary by TFTP path: BIOS and x86-64 UEFI ones are in this amd64 tree.
+  for (const tag of ['bios', 'efi64']) {
+    const file = options(full, 'dhcp-boot').find((v) => v.startsWith(`tag:!ipxe,tag:${tag},`))?.split(',').pop();
+    assert.ok(file, `a dhcp-boot line for ${tag}`);
+    assert.equal(manifest.artefacts.find((a) => a.path === `${layout.pxeDir}/${file}`)?.kind, 'ipxe-binary', `${tag}: ${file} is an iPXE binary of the tree`);
+  }
+});
+
+/** The generated config with only tftp-root and interface changed (interface added if absent). */
+function adaptDnsmasqConf(text: string, o: { tftpRoot: string; iface: string }): string {
+  let sawInterface = false;
+  const lines = text.split('\n').map((l) => {
+    if (l.startsWith('tftp-root=')) return `tftp-root=${o.tftpRoot}`;
+    if (!l.startsWith('interface=')) return l;
+    sawInterface = true;
+    return `interface=${o.iface}`;
+  });
+  if (!sawInterface) lines.push(`interface=${o.iface}`, '');
+  return lines.join('\n');
+}
+
+/** A process started inside the namespace, with its combined output. */
+interface Started {
+  child: ChildProcess;
+  output: () => string;
+}
+const started = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of started) c.kill('SIGKILL');
+});
+
+function startInNamespace(argv: string[]): Started {
+  const child = spawn(requireTool('ip'), ['netns', 'exec', NS, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+  started.add(child);
+  child.on('exit', () => started.delete(child));
+  let out = '';
+  child.stdout!.setEncoding('latin1').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('latin1').on('data', (d: string) => (out += d));
+  return { child, output: () => out };
+}
+
+async function stop(child: ChildProcess) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((ok) => child.once('exit', ok));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+/** Wait until `ready()` holds, polling; fails with `what` when the process exits or SERVER_START_MS pass. */
+async function waitFor(what: string, p: Started, ready: () => boolean | Promise<boolean>) {
+  const deadline = Date.now() + SERVER_START_MS;
+  while (!(await ready())) {
+    assert.ok(p.child.exitCode === null, `${what} exited:\n${p.output()}`);
+    assert.ok(Date.now() < deadline, `${what} not ready after ${SERVER_START_MS} ms:\n${p.output()}`);
+    await sleep(200);
+  }
+}
+
+// CSI/OSC escape sequences of the iPXE and SeaBIOS consoles, and carriage returns.
+const ESCAPES = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-Za-z]|\x1b[=>c]|\r/g;
+
+/** qemu (SeaBIOS, its iPXE ROM) on the namespace's tap, until the fixture initramfs says it is done. */
+async function netbootOnTap(mac: string): Promise<{ serial: string; markers: BootMarkers; timedOut: boolean }> {
+  const qemu = startInNamespace([
+    requireTool('qemu-system-x86_64'),
+    ...['-accel', 'tcg', '-m', '768', '-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-no-reboot', '-nodefaults', '-vga', 'none'],
+    // SeaBIOS (and the iPXE ROM through it) print to the serial port only without a display.
+    ...['-machine', 'graphics=off', '-boot', 'n'],
+    ...['-netdev', `tap,id=net0,ifname=${TAP},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=net0,mac=${mac}`],
+  ]);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    qemu.child.kill('SIGKILL');
+  }, BOOT_TIMEOUT_MS);
+  const poll = setInterval(() => {
+    if (/BRAMBLE-DONE[^\n]*\n/.test(qemu.output().replace(ESCAPES, ''))) qemu.child.kill('SIGKILL');
+  }, 250);
+  await new Promise((ok) => (qemu.child.exitCode !== null ? ok(undefined) : qemu.child.once('exit', ok)));
+  clearTimeout(timer);
+  clearInterval(poll);
+  const serial = qemu.output().replace(ESCAPES, '');
+  return { serial, markers: parseMarkers(serial), timedOut };
+}
+
+test('boot: a netboot through real dnsmasq (DHCP + TFTP) in a network namespace reaches the node script and boots its config', { timeout: BOOT_TIMEOUT_MS + 3 * SERVER_START_MS }, async (t) => {
+  if (skipBoot || skipRoot) return t.skip(skipBoot ?? skipRoot);
+  const ip = (...args: string[]) => run('ip', args);
+  const created = await run('ip', ['netns', 'add', NS], { okCodes: [1, 2] });
+  if (created.exitCode !== 0 && /Operation not permitted/.test(created.stderr)) return t.skip(`ip netns add: ${created.stderr.trim()}`);
+  assert.equal(created.exitCode, 0, created.stderr);
+  t.after(async () => {
+    // qemu, dnsmasq and httpd: everything this test started in the namespace.
+    for (const child of [...started]) await stop(child);
+    await run('ip', ['-n', NS, 'link', 'del', TAP], { okCodes: [1, 2] }).catch(() => undefined);
+    await run('ip', ['netns', 'del', NS], { okCodes: [1, 2] }).catch(() => undefined);
+  });
+  const prefix = CLUSTER.nodeCidr.split('/')[1];
+  await ip('-n', NS, 'link', 'set', 'lo', 'up');
+  await ip('-n', NS, 'tuntap', 'add', 'dev', TAP, 'mode', 'tap');
+  await ip('-n', NS, 'addr', 'add', `${CLUSTER.controlPlaneIp}/${prefix}`, 'dev', TAP);
+  await ip('-n', NS, 'link', 'set', TAP, 'up');
+
+  const generated = await readFile(join(clusterDir, layout.dnsmasqConf), 'utf8');
+  const adapted = adaptDnsmasqConf(generated, { tftpRoot: tree, iface: TAP });
+  const changed = adapted.split('\n').filter((l) => !generated.split('\n').includes(l));
+  assert.deepEqual(changed, [`tftp-root=${tree}`, `interface=${TAP}`], 'only the two paths differ');
+  const conf = join(tmp, 'dnsmasq.conf');
+  await writeFile(conf, adapted);
+  const dnsmasq = startInNamespace([
+    requireTool('dnsmasq'),
+    '--keep-in-foreground',
+    `--conf-file=${conf}`,
+    '--log-facility=-',
+    `--dhcp-leasefile=${join(tmp, 'dnsmasq.leases')}`,
+    `--pid-file=${join(tmp, 'dnsmasq.pid')}`,
+  ]);
+  await waitFor('dnsmasq', dnsmasq, () => /TFTP root is /.test(dnsmasq.output()));
+  const httpd = startInNamespace([requireTool('busybox'), 'httpd', '-f', '-vv', '-p', `${CLUSTER.controlPlaneIp}:8080`, '-h', tree]);
+  const probe = join(tmp, 'probe');
+  await waitFor('busybox httpd', httpd, async () => {
+    const r = await run('ip', ['netns', 'exec', NS, requireTool('busybox'), 'wget', '-q', '-O', probe, `http://${CLUSTER.controlPlaneIp}:8080/boot.ipxe`], { okCodes: [1] });
+    return r.exitCode === 0;
+  });
+  assert.equal(await readFile(probe, 'utf8'), await readFile(join(tree, 'boot.ipxe'), 'utf8'));
+
+  // dnsmasq's TFTP serves the iPXE binaries dnsmasq.conf sends firmware PXE clients.
+  for (const file of options(generated, 'dhcp-boot').filter((v) => /^tag:!ipxe,tag:(bios|efi64),/.test(v)).map((v) => v.split(',').pop()!)) {
+    const got = join(tmp, 'tftp-got');
+    await run('ip', ['netns', 'exec', NS, requireTool('busybox'), 'tftp', '-g', '-r', file, '-l', got, CLUSTER.controlPlaneIp]);
+    assert.equal(sha256(await readFile(got)), sha256(await readFile(join(tree, file))), `TFTP ${file}`);
+  }
+
+  const lease = options(generated, 'dhcp-host').find((v) => v.startsWith(`${w1.mac},`))!.split(',')[1]!;
+  const r = await netbootOnTap(w1.mac);
+  const explain = `timedOut=${r.timedOut}\n--- serial (last 3000) ---\n${r.serial.slice(-3000)}\n--- dnsmasq ---\n${dnsmasq.output().slice(-3000)}\n--- httpd ---\n${httpd.output().slice(-2000)}`;
+  assert.match(dnsmasq.output(), new RegExp(`DHCPACK\\(${TAP}\\) ${lease.replaceAll('.', '\\.')} ${w1.mac} ${w1.name}`), explain);
+  assert.match(r.serial, new RegExp(`net0: ${lease.replaceAll('.', '\\.')}/255\\.255\\.255\\.0`), `the static lease\n${explain}`);
+  assert.match(r.serial, new RegExp(`Filename: http://${CLUSTER.controlPlaneIp.replaceAll('.', '\\.')}:8080/boot\\.ipxe`), explain);
+  assert.match(r.serial, /bramble: booting node w-1\n/, `reached the node's iPXE script\n${explain}`);
+  assert.ok(r.markers.done, explain);
+  const config = await readFile(join(clusterDir, layout.ignition(w1.name)));
+  assert.deepEqual(r.markers.pxeConfigs, { 'oem/config.ign': sha256(config), 'usr/share/oem/config.ign': sha256(config) }, explain);
+  assert.ok((r.markers.cmdline ?? '').split(' ').includes('bramble.test=netboot'), explain);
+  const fetched = [...httpd.output().matchAll(new RegExp(`^${lease.replaceAll('.', '\\.')}:\\d+: url:(\\S+)$`, 'gm'))].map((m) => m[1]);
+  const manifest = JSON.parse(await readFile(join(clusterDir, layout.manifest), 'utf8')) as Manifest;
+  const version = manifest.inputs.find((i) => i.id === 'flatcar-pxe-kernel-amd64')!.version;
+  const asset = (file: string) => `/${layout.pxeAsset('amd64', version, file).slice(layout.pxeDir.length + 1)}`;
+  const nodeFile = (ext: string) => `/nodes/${macHyphen(w1.mac)}.${ext}`;
+  assert.deepEqual(
+    fetched,
+    ['/boot.ipxe', nodeFile('ipxe'), asset('flatcar_production_pxe.vmlinuz'), asset('flatcar_production_pxe_image.cpio.gz'), nodeFile('cpio.gz')],
+    `everything came from busybox httpd\n${explain}`,
+  );
+});
