@@ -7,6 +7,7 @@ import { dirname } from 'node:path';
 import { writeBmap } from '../images/bmap.ts';
 import { buildBtrfsImage, writePartition } from '../images/btrfs.ts';
 import { fatDataRanges, writeFatFiles } from '../images/fat.ts';
+import { ext4DataRanges, writeExt4Files } from '../images/ext4.ts';
 import { findPartition, growImage, partitionBytes, PartitionType, readGpt } from '../images/gpt.ts';
 import { derivedUuid } from '../images/guid.ts';
 import { copySparse, mergeRanges, type ByteRange } from '../images/sparse.ts';
@@ -61,6 +62,14 @@ export async function assembleDiskImage(o: AssembleImageOptions): Promise<void> 
       ranges = replaceRanges(ranges, oem.offset, oem.offset + oem.size, written);
     } finally {
       await rm(dirname(fsImage.path), { recursive: true, force: true });
+    }
+
+    // ROOT (ext4): files the plan places there, such as the Kubernetes sysext and its link, root-owned.
+    if (o.rendered.rootEntries?.length) {
+      const root = partitionBytes(gpt, findPartition(gpt, { label: 'ROOT', typeGuid: PartitionType.flatcarResize }));
+      await writeExt4Files(tmp, { offset: root.offset }, o.rendered.rootEntries, { epoch: o.epoch, workDir: o.workDir, signal: o.signal });
+      // Added to the base map, never replacing it: blocks ext4 freed may still hold old bytes.
+      ranges = mergeRanges([...ranges, ...(await ext4DataRanges(tmp, { offset: root.offset }, { signal: o.signal }))]);
     }
 
     if (node.hardware === 'rpi4') {

@@ -10,6 +10,7 @@ import { buildNodeCpio, renderBootIpxe, renderDnsmasq, renderNodeIpxe } from './
 import type { ClusterSpec, NodeSpec } from './spec.ts';
 import { ipxeInputId } from '../images/catalog/boot-firmware.ts';
 import { ipxeBinaries } from './versions.ts';
+import { sysextTreePath } from './kubernetes-content.ts';
 
 /** The iPXE binary dnsmasq hands each client architecture, as paths in the tree (TFTP root = pxe/). */
 function dnsmasqBootFiles() {
@@ -26,6 +27,8 @@ export const DEFAULT_PXE_HTTP_PORT = 8080;
 
 export interface PxeNodeConfig {
   node: NodeSpec;
+  /** The Kubernetes sysext the node downloads from the tree, when the build carries Kubernetes. */
+  sysext?: { path: string; fileName: string };
   /** The Ignition the node boots with (the installer's, for install = true nodes). */
   ignitionJson: string;
   kernelArgs: string[];
@@ -90,6 +93,10 @@ export async function assemblePxe(o: AssemblePxeOptions): Promise<void> {
       kind: 'pxe-script',
       ...meta,
     });
+  }
+  const sysexts = new Map(o.nodes.filter((n) => n.sysext).map((n) => [n.sysext!.fileName, n.sysext!]));
+  for (const [fileName, s] of [...sysexts].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    await o.out.writeFile(sysextTreePath(fileName), await readFile(s.path), { kind: 'sysext', target: 'pxe', secret: false });
   }
   const netbooted = o.nodes.map((n) => n.node);
   await o.out.writeFile(layout.pxeBootScript, renderBootIpxe(netbooted, { cluster: o.spec.name }), {

@@ -21,6 +21,10 @@ import { renderCloudInit } from '../overlays/cloudinit.ts';
 import type { ClusterSpec, NodeSpec, Target } from './spec.ts';
 import { flatcarChannelBase } from '../images/catalog/flatcar.ts';
 import { flatcarBoard } from './spec.ts';
+import { kubernetesApplies, prepareKubernetes, withKubernetes, type BuiltSysextForArch, type KubernetesBundle } from './kubernetes-content.ts';
+import { SYSEXT_DIR_ON_NODE, SYSEXT_LINK_ON_NODE, sysextPathOnNode } from '../overlays/kubernetes/sysext.ts';
+import type { Ext4Entry } from '../images/ext4.ts';
+import { BOOTSTRAP_TOKEN_FILE, PKI_RECORD_FILE } from '../overlays/kubernetes/pki.ts';
 
 export interface BuildOptions extends StageContext {
   spec: ClusterSpec;
@@ -47,6 +51,10 @@ export interface RenderedNode {
   ignitionJson?: string;
   /** HypriotOS: the NoCloud seed. */
   cloudInit?: { userData: string; metaData: string; networkConfig: string };
+  /** The node's Kubernetes sysext (built once per arch), when the build carries Kubernetes. */
+  sysext?: BuiltSysextForArch;
+  /** Files, directories and links the image builder writes onto ROOT (ext4), root-owned. */
+  rootEntries?: Ext4Entry[];
 }
 
 async function stage<T>(events: EventSink, id: string, title: string, fn: () => Promise<T>): Promise<T> {
@@ -70,15 +78,15 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
     planBuild(spec, { targets: o.targets, nodes: o.nodes, lock: previousLock }),
   );
   const selected = spec.nodes.filter((n) => plan.nodes.some((p) => p.name === n.name));
+  const k8s = kubernetesApplies(spec, selected);
+  if (!k8s.ok) events({ kind: 'warning', message: `images are built without the Kubernetes bootstrap: ${k8s.reason}` });
 
   const fetched = await stage(events, 'fetch', 'Fetch and verify inputs', async () => {
-    const r = await fetchInputs(spec, { cacheDir: o.cacheDir, lock: previousLock, offline: o.offline, targets: o.targets, signal, events });
+    const r = await fetchInputs(spec, { cacheDir: o.cacheDir, lock: previousLock, offline: o.offline, targets: o.targets, kubernetes: k8s.ok, signal, events });
     await writeLock(o.lockPath, r.lock);
     return r;
   });
   const version = fetched.lock.os.version;
-
-  const rendered = await stage(events, 'render', 'Render node configs', async () => selected.map((n) => renderNode(spec, n)));
 
   const clusterDir = layout.clusterDir(o.outDir, spec.name);
   const out = new OutputWriter(clusterDir, events, signal);
@@ -87,6 +95,17 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
   const workDir = join(clusterDir, '.work');
   await mkdir(workDir, { recursive: true });
   try {
+    const rendered = await stage(events, 'render', 'Render node configs', async () => {
+      const bundle = k8s.ok
+        ? await prepareKubernetes({ spec, nodes: selected, inputs: fetched.inputs, clusterDir, workDir, epoch, signal })
+        : undefined;
+      if (bundle) {
+        for (const rel of [...Object.keys(bundle.pki.files), BOOTSTRAP_TOKEN_FILE, PKI_RECORD_FILE].sort()) {
+          await out.recordFile(`${layout.pkiDir}/${rel}`, { kind: 'pki', secret: true });
+        }
+      }
+      return selected.map((n) => renderNode(spec, n, bundle));
+    });
     await stage(events, 'assemble', 'Assemble images and PXE tree', () =>
       assembleAll({ spec, version, rendered, inputs: fetched.inputs, out, epoch, workDir, signal, events }),
     );
@@ -151,7 +170,7 @@ async function assembleAll(o: AssembleAllOptions): Promise<void> {
   }
 }
 
-export function renderNode(spec: ClusterSpec, node: NodeSpec): RenderedNode {
+export function renderNode(spec: ClusterSpec, node: NodeSpec, k8s?: KubernetesBundle): RenderedNode {
   let provisioning = provisionNode(spec, node);
   provisioning.kernelArgs.push(...(spec.provision?.kernelArgs ?? []), ...(node.kernelArgs ?? []));
   for (const s of [...(spec.provision?.snippets ?? []), ...(node.snippets ?? [])]) {
@@ -160,7 +179,22 @@ export function renderNode(spec: ClusterSpec, node: NodeSpec): RenderedNode {
   if (spec.os.base === 'hypriot') {
     return { node, provisioning, cloudInit: renderCloudInit(provisioning, { cluster: spec.name, node: node.name }) };
   }
-  return { node, provisioning, ignitionJson: renderIgnitionJson(provisioning) };
+  if (!k8s) return { node, provisioning, ignitionJson: renderIgnitionJson(provisioning) };
+  provisioning = withKubernetes(spec, node, provisioning, k8s);
+  const sysext = k8s.sysexts.get(node.arch)!;
+  return {
+    node,
+    provisioning,
+    ignitionJson: renderIgnitionJson(provisioning),
+    sysext,
+    ...(node.boot === 'disk' && {
+      rootEntries: [
+        { path: SYSEXT_DIR_ON_NODE, type: 'dir' as const, mode: 0o755 },
+        { path: sysextPathOnNode(spec.kubernetes.version, node.arch), type: 'file' as const, source: sysext.path, mode: 0o644 },
+        { path: SYSEXT_LINK_ON_NODE, type: 'symlink' as const, target: sysextPathOnNode(spec.kubernetes.version, node.arch) },
+      ],
+    }),
+  };
 }
 
 async function writeConfigs(out: OutputWriter, r: RenderedNode) {
@@ -180,7 +214,8 @@ function targetOf(n: NodeSpec): Target {
 
 /** A netbooted node boots its own Ignition, or for install = true, an installer that writes it to disk. */
 function pxeNodeConfig(spec: ClusterSpec, version: string, r: RenderedNode): PxeNodeConfig {
-  if (!r.node.install) return { node: r.node, ignitionJson: r.ignitionJson!, kernelArgs: r.provisioning.kernelArgs };
+  const sysext = r.sysext && { path: r.sysext.path, fileName: r.sysext.fileName };
+  if (!r.node.install) return { node: r.node, ignitionJson: r.ignitionJson!, kernelArgs: r.provisioning.kernelArgs, sysext };
   const installer = renderInstallerProvisioning(r.node, r.ignitionJson!, {
     channel: spec.os.channel,
     version,
@@ -189,7 +224,7 @@ function pxeNodeConfig(spec: ClusterSpec, version: string, r: RenderedNode): Pxe
     sshAuthorizedKeys: spec.ssh.authorizedKeys,
   });
   // The installer is the node's netboot, so it gets the node's kernel arguments ([provision] and its own).
-  return { node: r.node, ignitionJson: renderIgnitionJson(installer), kernelArgs: r.provisioning.kernelArgs };
+  return { node: r.node, ignitionJson: renderIgnitionJson(installer), kernelArgs: r.provisioning.kernelArgs, sysext };
 }
 
 function summarise(clusterDir: string, m: Manifest): string {

@@ -1,6 +1,5 @@
 // One function per verb. Each takes the parsed command line and returns an exit code; the work is
 // done by the pipeline stages, which never print.
-import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { CliValues } from './cli.ts';
 import { UsageError } from './errors.ts';
@@ -12,6 +11,7 @@ import { defaultCluster } from './defaults.ts';
 import { planBuild, formatPlan, planToJson } from './plan.ts';
 import { readLock, writeLock } from './lockfile.ts';
 import { fetchInputs } from './fetch.ts';
+import { defaultCacheDir } from '../images/cache.ts';
 import { buildCluster } from './build.ts';
 import { inspectPath } from './inspect.ts';
 import type { ClusterSpec, Target } from './spec.ts';
@@ -56,9 +56,7 @@ export async function resolveSpec(values: CliValues): Promise<ClusterSpec> {
 }
 
 export function cacheDirOf(values: CliValues): string {
-  if (values.cache) return resolve(values.cache);
-  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
-  return join(base, 'bramble');
+  return values.cache ? resolve(values.cache) : defaultCacheDir(process.env);
 }
 
 export function lockPathOf(values: CliValues): string {

@@ -22,6 +22,7 @@ import { checkFlatcarVersion, flatcarInput, flatcarVersionTxtUrl, parseVersionTx
 import { hypriotInput, hypriotVersion } from '../images/catalog/hypriot.ts';
 import type { InputSource } from '../images/catalog/input.ts';
 import { ipxeInputs, rpi4FirmwareInput } from '../images/catalog/boot-firmware.ts';
+import { kubernetesInputs } from '../images/catalog/kubernetes.ts';
 import { rpi4FirmwareVersion } from './versions.ts';
 
 export interface FetchedInput {
@@ -46,6 +47,8 @@ export interface FetchOptions {
   offline: boolean;
   /** Only the inputs of nodes built for these targets (all nodes when absent or empty). */
   targets?: readonly Target[];
+  /** Also fetch the Kubernetes node binaries (kubelet, kubeadm, kubectl, crictl, CNI plugins) per arch. */
+  kubernetes?: boolean;
   signal: AbortSignal;
   events: EventSink;
 }
@@ -72,7 +75,7 @@ export function lockMatches(spec: ClusterSpec, lock: LockFile | undefined): lock
 }
 
 /** Which upstream inputs the selected nodes need, for OS `version` (already resolved). */
-export function neededInputs(spec: ClusterSpec, version: string, targets?: readonly Target[]): InputSource[] {
+export function neededInputs(spec: ClusterSpec, version: string, targets?: readonly Target[], opts: { kubernetes?: boolean } = {}): InputSource[] {
   const nodes = spec.nodes.filter((n) => !targets?.length || targets.includes(targetOf(n)));
   if (spec.os.base === 'hypriot') return nodes.length ? [hypriotInput(spec.sources, version)] : [];
   const out: InputSource[] = [];
@@ -84,6 +87,7 @@ export function neededInputs(spec: ClusterSpec, version: string, targets?: reado
       out.push(flatcarInput(spec.sources, spec.os.channel, arch, version, 'pxe-cpio'));
       out.push(...ipxeInputs(spec.sources, arch));
     }
+    if (opts.kubernetes && mine.length) out.push(...kubernetesInputs(spec.sources, spec.kubernetes.version, arch));
   }
   if (nodes.some((n) => n.hardware === 'rpi4' && n.boot === 'disk')) out.push(rpi4FirmwareInput(spec.sources, rpi4FirmwareVersion));
   return out;
@@ -111,7 +115,7 @@ export async function fetchInputs(spec: ClusterSpec, opts: FetchOptions): Promis
   try {
     const version = await resolveOsVersion(spec, lock, opts.targets, ctx);
     const inputs = new Map<string, FetchedInput>();
-    for (const source of neededInputs(spec, version, opts.targets)) {
+    for (const source of neededInputs(spec, version, opts.targets, { kubernetes: opts.kubernetes })) {
       const locked = lock?.inputs.find((i) => i.id === source.id);
       inputs.set(source.id, await fetchInput(cache, source, { ...ctx, keys, locked }));
     }

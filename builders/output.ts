@@ -172,6 +172,12 @@ export class OutputWriter {
     return this.record(rel, meta, size, digest);
   }
 
+  /** List a file some other step wrote in place (the PKI, which is generated once and kept). */
+  async recordFile(rel: string, meta: ArtefactMeta): Promise<Artefact> {
+    const path = this.path(rel);
+    return this.record(rel, meta, (await stat(path)).size, await sha256File(path, this.signal));
+  }
+
   /** A temp path next to the final one (same filesystem, so adoptFile is a rename). */
   async tempPathFor(rel: string): Promise<string> {
     const dest = this.path(rel);

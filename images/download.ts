@@ -119,7 +119,16 @@ async function cacheHit(cache: Cache, url: string, opts: FetchBlobOptions): Prom
   const known: IndexEntry | undefined = await cache.lookupUrl(url);
   if (!known) return undefined;
   const path = cache.blobPath(known.sha256);
-  const verifiedWith = (await opts.verify?.({ ...known, path, fresh: false })) ?? known.verifiedWith;
+  if (!(await cache.hasBlob(known.sha256))) return undefined;
+  let verifiedWith: string | undefined;
+  try {
+    verifiedWith = (await opts.verify?.({ ...known, path, fresh: false })) ?? known.verifiedWith;
+  } catch (e) {
+    // Upstream re-published the file since it was cached (and nothing pins the old bytes): fetch it
+    // again; the new bytes must then pass upstream's checks like any download.
+    if (e instanceof VerificationError) return undefined;
+    throw e;
+  }
   return { url, path, sha256: known.sha256, size: known.size, verifiedWith };
 }
 
