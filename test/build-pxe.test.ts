@@ -85,6 +85,8 @@ test('build --target pxe: every file of the tree is in manifest.json and SHA256S
     ...['undionly.kpxe', 'ipxe.efi', 'snponly.efi'].map((b) => layout.pxeIpxeBinary(b)),
     ...['flatcar_production_pxe.vmlinuz', 'flatcar_production_pxe_image.cpio.gz'].map((a) => layout.pxeAsset('amd64', f.flatcar.find((r) => r.channel === 'stable' && r.board === 'amd64-usr' && r.current)!.version, a)),
     ...CLUSTER.nodes.flatMap((n) => nodeFiles(n.mac)),
+    // When the build carries Kubernetes, netbooted nodes download its sysext from the tree.
+    ...manifest.artefacts.filter((a) => a.kind === 'sysext' && a.path.startsWith(`${layout.pxeDir}/`)).map((a) => a.path),
   ].sort();
   assert.deepEqual(pxe.sort(), expected);
   const sums = (await read(layout.checksums)).toString();
@@ -105,11 +107,16 @@ test('build --target pxe: every file of the tree is in manifest.json and SHA256S
 
 test('build --target pxe: per-node files are secret with mode 0600, shared files are public with mode 0644', async () => {
   const onDisk = await snapshotFiles(clusterDir);
-  const secret = new Set([...CLUSTER.nodes.flatMap((n) => nodeFiles(n.mac)), ...CLUSTER.nodes.map((n) => layout.ignition(n.name))]);
+  const secret = new Set([
+    ...CLUSTER.nodes.flatMap((n) => nodeFiles(n.mac)),
+    ...CLUSTER.nodes.map((n) => layout.ignition(n.name)),
+    // The cluster PKI, when the build carries Kubernetes.
+    ...manifest.artefacts.filter((a) => a.kind === 'pki').map((a) => a.path),
+  ]);
   for (const a of manifest.artefacts) {
     assert.equal(a.secret, secret.has(a.path), `${a.path} secret flag`);
     assert.equal(onDisk.get(a.path)!.mode, secret.has(a.path) ? 0o600 : 0o644, `${a.path} mode`);
-    if (secret.has(a.path)) assert.ok(a.node, `${a.path} names its node`);
+    if (secret.has(a.path) && a.kind !== 'pki') assert.ok(a.node, `${a.path} names its node`);
   }
 });
 
