@@ -1,6 +1,9 @@
 // The plan stage: a pure, deterministic function from a ClusterSpec (and the lock, when there is one) to
 // the versioned BuildPlan: which nodes are built, with what addresses and versions, which artefacts
 // land in out/<cluster>/ and which upstream inputs that needs. No I/O.
+import { kubernetesApplies, sysextTreePath } from './kubernetes-content.ts';
+import { sysextFileName } from '../overlays/kubernetes/sysext.ts';
+import { bootstrapRole, type BootstrapRole } from '../overlays/kubernetes/kubeadm.ts';
 import { flatcarFiles, flatcarInputId } from '../images/catalog/flatcar.ts';
 import { HYPRIOT_IMAGE_ID } from '../images/catalog/hypriot.ts';
 import { CNI_PLUGINS_VERSION, CRICTL_VERSION, kubernetesBinaries } from '../images/catalog/kubernetes.ts';
@@ -13,7 +16,7 @@ import { currentVersion, ipxeBinaries, kubeadmImages, knownKubernetesRange, kube
 
 export const planVersion = 1;
 
-export type ArtefactKind = 'disk-image' | 'bmap' | 'ignition' | 'cloud-init' | 'pxe-script' | 'pxe-initrd' | 'pxe-asset' | 'dnsmasq-conf';
+export type ArtefactKind = 'disk-image' | 'bmap' | 'ignition' | 'cloud-init' | 'pxe-script' | 'pxe-initrd' | 'pxe-asset' | 'dnsmasq-conf' | 'sysext' | 'pki';
 
 export interface PlannedNode {
   name: string;
@@ -57,7 +60,15 @@ export interface BuildPlan {
   selection: { targets: Target[] | null; nodes: string[] | null };
   /** version is the lock's when the lock matches, else as configured ("current" until fetched). */
   os: { base: OsBase; channel: FlatcarChannel | null; version: string; locked: boolean };
-  kubernetes: { version: string; cni: Cni; images: string[] };
+  kubernetes: {
+    version: string;
+    cni: Cni;
+    images: string[];
+    /** Node name → how it joins on first boot (kubeadm init or join); null when the build carries no bootstrap. */
+    bootstrap: Record<string, BootstrapRole> | null;
+    /** Why there is no bootstrap (DHCP API address, HypriotOS, …), else null. */
+    bootstrapMissing: string | null;
+  };
   network: {
     addressing: 'static' | 'dhcp';
     nodeCidr: string | null;
@@ -106,7 +117,12 @@ export function planBuild(spec: ClusterSpec, opts: PlanOptions = {}): BuildPlan 
     cluster: spec.name,
     selection: { targets, nodes: nodeNames },
     os,
-    kubernetes: { version: spec.kubernetes.version, cni: spec.kubernetes.cni, images: images ?? [] },
+    kubernetes: {
+      version: spec.kubernetes.version,
+      cni: spec.kubernetes.cni,
+      images: images ?? [],
+      ...bootstrapOf(spec, selected),
+    },
     network: {
       addressing: spec.network.nodeCidr ? 'static' : 'dhcp',
       nodeCidr: spec.network.nodeCidr ?? null,
@@ -218,6 +234,7 @@ function planArtefacts(spec: ClusterSpec, nodes: NodeSpec[], osVersion: string):
       // flatcar-install on an install=true node writes this image to its disk.
       if (pxe.some((n) => n.arch === arch && n.install)) add(layout.pxeAsset(arch, osVersion, flatcarFiles.image), 'pxe-asset', 'pxe', arch, false);
       for (const file of ipxeBinaries(arch)) add(layout.pxeIpxeBinary(file), 'pxe-asset', 'pxe', arch, false);
+      if (kubernetesApplies(spec, nodes).ok) add(sysextTreePath(sysextFileName(spec.kubernetes.version, arch)), 'sysext', 'pxe', arch, false);
     }
   }
   return out.sort(byPath);
@@ -267,6 +284,13 @@ export function planToJson(plan: BuildPlan): string {
 }
 
 /** A human summary: versions, network, a node table, artefacts and inputs. */
+/** How each selected node joins the cluster on first boot, or why the images carry no Kubernetes bootstrap. */
+function bootstrapOf(spec: ClusterSpec, nodes: NodeSpec[]): { bootstrap: Record<string, BootstrapRole> | null; bootstrapMissing: string | null } {
+  const k = kubernetesApplies(spec, nodes);
+  if (!k.ok) return { bootstrap: null, bootstrapMissing: k.reason };
+  return { bootstrap: Object.fromEntries(nodes.map((n) => [n.name, bootstrapRole(spec, n)])), bootstrapMissing: null };
+}
+
 export function formatPlan(plan: BuildPlan): string {
   const lines: string[] = [];
   const os = [plan.os.base, plan.os.channel, plan.os.version].filter(Boolean).join(' ');
@@ -280,7 +304,11 @@ export function formatPlan(plan: BuildPlan): string {
   );
   lines.push(`  pods        ${net.podCidr}`);
   lines.push(`  services    ${net.serviceCidr} (api ${net.apiServiceIp}, dns ${net.clusterDns})`);
-  lines.push(`  registry    ${plan.registry.mirror ? 'mirror on the first control-plane node' : 'no mirror'}${plan.registry.extraImages.length ? `, ${plan.registry.extraImages.length} extra images` : ''}`);
+  const boot = plan.kubernetes.bootstrap;
+  lines.push(
+    `  bootstrap   ${boot ? Object.entries(boot).map(([n, r]) => `${n}: kubeadm ${r.replace('-', ' ')}`).join(', ') : `none (${plan.kubernetes.bootstrapMissing})`}`,
+  );
+  lines.push(`  registry    ${plan.registry.mirror ? 'mirror requested, not bundled yet: nodes pull from upstream registries' : 'no mirror'}${plan.registry.extraImages.length ? `, ${plan.registry.extraImages.length} extra images` : ''}`);
   if (plan.selection.targets || plan.selection.nodes) {
     lines.push(`  selected    ${[plan.selection.targets && `targets ${plan.selection.targets.join(' ')}`, plan.selection.nodes && `nodes ${plan.selection.nodes.join(' ')}`].filter(Boolean).join('; ')}`);
   }
