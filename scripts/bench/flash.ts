@@ -193,7 +193,7 @@ async function main(): Promise<void> {
     const median = (xs: number[] | undefined) => (xs?.length ? [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]! : undefined);
     const fmt = (n: number | undefined, w: number, digits = 2, unit = '') => (n === undefined ? '-' : `${n.toFixed(digits)}${unit}`).padStart(w);
     console.log(`flash benchmark: ${IMAGE_SIZE / GiB} GiB image, ${(dataBytes / MiB).toFixed(1)} MiB mapped, to a file-backed loop device of ${TARGET_SIZE / GiB} GiB`);
-    console.log(`host: Linux ${release()}, ${cpus().length} CPUs, ${cpus()[0]?.model ?? '?'}; page cache dropped before each run; median of ${runs} (dd: 1)`);
+    console.log(`host: Linux ${release()}, ${cpus().length} CPUs, ${cpus()[0]?.model ?? '?'}; page cache dropped before each run; median of ${runs}${methods.some((m) => m.name.startsWith('dd')) ? ' (dd: 1)' : ''}`);
     console.log('wall: the whole process, startup included; own: the copy as the tool itself times it (bmaptool\'s "copying time")');
     console.log('');
     console.log(`${'method'.padEnd(28)}${'wall s'.padStart(8)}${'own s'.padStart(8)}${'MiB/s'.padStart(8)}${'wall vs bmaptool'.padStart(18)}${'own vs bmaptool'.padStart(17)}`);
