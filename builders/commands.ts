@@ -14,6 +14,7 @@ import { fetchInputs } from './fetch.ts';
 import { defaultCacheDir } from '../images/cache.ts';
 import { buildCluster } from './build.ts';
 import { inspectPath } from './inspect.ts';
+import { flashCommand } from './flash-command.ts';
 import type { ClusterSpec, Target } from './spec.ts';
 import { ttyProgress } from './tty-progress.ts';
 
@@ -131,4 +132,4 @@ const inspect: Command = async (ctx) => {
   return 0;
 };
 
-export const commands: Record<string, Command> = { plan, fetch, build, inspect };
+export const commands: Record<string, Command> = { plan, fetch, build, inspect, flash: flashCommand };
