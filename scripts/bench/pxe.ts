@@ -17,11 +17,12 @@ const args = parseArgs({ options: { nodes: { type: 'string' }, runs: { type: 'st
 const nodeCount = Math.max(1, Math.min(250, Number(args.nodes ?? '50')));
 const runs = Math.max(1, Number(args.runs ?? '3'));
 const log = (line: string) => process.stderr.write(`${line}\n`);
+const CLUSTER = 'bench';
 
 /** cluster.toml: a disk-booted control plane (its static ip makes bramble write the dnsmasq configs) and N pxe workers. */
 function clusterToml(changedArg?: string): string {
   const lines = [
-    'name = "bench"',
+    `name = "${CLUSTER}"`,
     '[os]',
     'base = "flatcar"',
     'channel = "stable"',
@@ -68,12 +69,13 @@ async function main() {
     const config = join(dir, 'cluster.toml');
     const cacheDir = join(dir, 'cache');
     const lockPath = join(dir, 'bramble.lock');
+    /** `scenario stage` → ms per timed build. */
     const stageMs = new Map<string, number[]>();
-    const build = async (outDir: string, toml: string, offline: boolean) => {
+    const build = async (outDir: string, toml: string, offline: boolean, scenario = 'warm-up') => {
       await writeFile(config, toml);
       const spec = await loadClusterFile(config, { sourcesFile: sources });
       const events = (e: BrambleEvent) => {
-        if (e.kind === 'stage-finished') stageMs.set(e.stage, [...(stageMs.get(e.stage) ?? []), e.ms]);
+        if (e.kind === 'stage-finished') stageMs.set(`${scenario} ${e.stage}`, [...(stageMs.get(`${scenario} ${e.stage}`) ?? []), e.ms]);
       };
       const t0 = performance.now();
       const r = await buildCluster({ spec, targets: ['pxe'], outDir, cacheDir, lockPath, offline, signal: new AbortController().signal, events });
@@ -82,6 +84,7 @@ async function main() {
     log(`bench:pxe: warming the cache (${nodeCount} nodes)`);
     await build(join(dir, 'warm'), clusterToml(), false);
     stageMs.clear();
+    const scenarios = { full: 'full build into an empty out/', same: 'rebuild, nothing changed', changed: 'rebuild, one node kernel_args' };
 
     const full: number[] = [];
     const same: number[] = [];
@@ -91,27 +94,32 @@ async function main() {
     let replacedChanged: string[] = [];
     for (let run = 0; run < runs; run++) {
       const outDir = join(dir, `out-${run}`);
-      const a = await build(outDir, clusterToml(), true);
+      const a = await build(outDir, clusterToml(), true, 'full');
       full.push(a.ms);
       files = a.files;
       const before = await fileIdentities(outDir);
-      same.push((await build(outDir, clusterToml(), true)).ms);
+      same.push((await build(outDir, clusterToml(), true, 'same')).ms);
       const afterSame = await fileIdentities(outDir);
-      replacedSame = [...afterSame].filter(([p, id]) => before.get(p) !== id).map(([p]) => relative(join(outDir, 'bench'), p));
-      changed.push((await build(outDir, clusterToml(`bramble.bench=${run}`), true)).ms);
-      replacedChanged = [...(await fileIdentities(outDir))].filter(([p, id]) => afterSame.get(p) !== id).map(([p]) => relative(join(outDir, 'bench'), p));
+      replacedSame = [...afterSame].filter(([p, id]) => before.get(p) !== id).map(([p]) => relative(join(outDir, CLUSTER), p));
+      changed.push((await build(outDir, clusterToml(`bramble.bench=${run}`), true, 'changed')).ms);
+      replacedChanged = [...(await fileIdentities(outDir))].filter(([p, id]) => afterSame.get(p) !== id).map(([p]) => relative(join(outDir, CLUSTER), p));
       await rm(outDir, { recursive: true, force: true });
     }
     const row = (label: string, xs: number[], note: string) =>
       `${label.padEnd(34)} ${(median(xs) / 1000).toFixed(2).padStart(8)} s ${(Math.min(...xs) / 1000).toFixed(2).padStart(8)} s  ${note}`;
+    const stages = (scenario: keyof typeof scenarios) =>
+      `  ${scenarios[scenario]}: ` + ['plan', 'fetch', 'render', 'assemble', 'package'].map((st) => `${st} ${median(stageMs.get(`${scenario} ${st}`) ?? [0])}`).join(', ');
     const out = [
       `PXE tree for ${nodeCount} netbooted nodes (+1 disk control plane), warm cache, offline; ${runs} run(s)`,
       `${''.padEnd(34)} ${'median'.padStart(10)} ${'min'.padStart(10)}`,
-      row('full build into an empty out/', full, `${files} files`),
-      row('rebuild, nothing changed', same, `replaced: ${replacedSame.sort().join(' ')}`),
-      row('rebuild, one node kernel_args', changed, `replaced: ${replacedChanged.sort().join(' ')}`),
+      row(scenarios.full, full, `${files} files`),
+      row(scenarios.same, same, `replaced: ${replacedSame.sort().join(' ')}`),
+      row(scenarios.changed, changed, `replaced: ${replacedChanged.sort().join(' ')}`),
       '',
-      'median per stage over all timed builds (ms): ' + [...stageMs].map(([s, xs]) => `${s} ${median(xs)}`).join(', '),
+      'median ms per stage (render includes the Kubernetes PKI and sysext when the cluster carries Kubernetes):',
+      stages('full'),
+      stages('same'),
+      stages('changed'),
     ];
     process.stdout.write(out.join('\n') + '\n');
   } finally {
