@@ -108,7 +108,10 @@ export interface RunOptions {
 }
 
 export interface RunResult {
+  /** With `binary`, the bytes as latin1 (one char per byte); see stdoutBytes. */
   stdout: string;
+  /** The raw bytes of stdout, with `binary`. */
+  stdoutBytes?: Buffer;
   stderr: string;
   exitCode: number;
 }
@@ -125,7 +128,7 @@ export async function run(tool: string, args: readonly string[], opts: RunOption
     reject: false,
     stripFinalNewline: false,
     timeout: opts.timeoutMs,
-    encoding: 'utf8',
+    encoding: opts.binary ? 'buffer' : 'utf8',
   };
   const r = await execa(path, [...args], options);
   const exitCode = typeof r.exitCode === 'number' ? r.exitCode : -1;
@@ -136,6 +139,10 @@ export async function run(tool: string, args: readonly string[], opts: RunOption
   if (exitCode !== 0 && !(opts.okCodes ?? []).includes(exitCode)) {
     const err = String(r.stderr ?? '').trim().split('\n').slice(-8).join('\n');
     throw new HostToolError(tool, `${tool} ${args.join(' ')} failed (exit ${exitCode})${err ? `:\n${err}` : ''}`);
+  }
+  if (opts.binary) {
+    const bytes = Buffer.isBuffer(r.stdout) ? r.stdout : Buffer.from(r.stdout as unknown as Uint8Array);
+    return { stdout: bytes.toString('latin1'), stdoutBytes: bytes, stderr: Buffer.from(r.stderr as unknown as Uint8Array).toString('utf8'), exitCode };
   }
   return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode };
 }

@@ -34,11 +34,11 @@ function explain(r: BootResult): string {
 }
 
 /** Build a cluster of pc-1 (and pi-1) on the warm cache; returns out/<cluster>. */
-async function build(name: string, osVersion: string | undefined, withPi: boolean): Promise<string> {
+async function build(name: string, osVersion: string | undefined, withPi: boolean, nodeCidr?: string): Promise<string> {
   const dir = join(tmp, name);
   const nodes: TestNode[] = [{ name: 'pc-1', hardware: 'pc', kernelArgs: ['bramble.node=pc-1'] }];
   if (withPi) nodes.push({ name: 'pi-1', hardware: 'rpi4', kernelArgs: ['bramble.node=pi-1'] });
-  const files = await writeTestCluster(dir, f, { name, osVersion, nodes });
+  const files = await writeTestCluster(dir, f, { name, osVersion, nodes, nodeCidr });
   const r = await buildWithCli(files, { outDir: join(dir, 'out'), cacheDir: warmBuildCache(), lockPath: join(dir, 'bramble.lock') });
   assert.equal(r.code, 0, explainCli(r));
   return join(dir, 'out', name);
@@ -60,6 +60,16 @@ async function assertSawNodeConfig(r: BootResult, clusterDir: string, node: stri
   assert.ok(r.markers.espFiles?.includes('flatcar/first_boot'), 'first_boot is still on the ESP');
 }
 
+/**
+ * With static addressing the build carries the Kubernetes bootstrap: the sysext on ROOT and the
+ * /etc/extensions link systemd-sysext merges, written into the image without mounting it.
+ */
+function assertSysextOnRoot(r: BootResult, sysextArch: 'x86-64' | 'arm64') {
+  const path = `/opt/extensions/kubernetes/kubernetes-v1.33.4-${sysextArch}.raw`;
+  assert.match(r.markers.rootFiles[path] ?? '', /^[0-9a-f]{64}$/, `${path} on ROOT: ${JSON.stringify(r.markers.rootFiles)}\n${explain(r)}`);
+  assert.equal(r.markers.rootLinks['/etc/extensions/kubernetes.raw'], path, JSON.stringify(r.markers.rootLinks));
+}
+
 function bootTest(name: string, fn: (t: TestContext) => Promise<void>) {
   test(name, { timeout: BOOT_TIMEOUT_MS + 10 * 60_000 }, async (t) => {
     if (skip) return t.skip(skip);
@@ -70,13 +80,14 @@ function bootTest(name: string, fn: (t: TestContext) => Promise<void>) {
 describe('boot: bramble-built Flatcar images, 2025 layout (stable current)', () => {
   let clusterDir: string;
   before(async () => {
-    if (!skip) clusterDir = await build('boot-2025', undefined, true);
+    if (!skip) clusterDir = await build('boot-2025', undefined, true, '192.168.60.0/24');
   });
 
   bootTest('boot: pc image under OVMF sees exactly its config.ign and the OEM grub.cfg kernel arguments', async () => {
     const r = await bootAndCapture({ arch: 'amd64', firmware: 'ovmf', disk: join(clusterDir, 'images', 'pc-1.img'), timeoutMs: BOOT_TIMEOUT_MS });
     await assertSawNodeConfig(r, clusterDir, 'pc-1');
     assert.equal(r.markers.arch, 'x86_64');
+    assertSysextOnRoot(r, 'x86-64');
     assert.equal(r.markers.oemDevice, '/dev/vda6');
   });
 
@@ -84,6 +95,7 @@ describe('boot: bramble-built Flatcar images, 2025 layout (stable current)', () 
     const r = await bootAndCapture({ arch: 'arm64', firmware: 'aavmf', disk: join(clusterDir, 'images', 'pi-1.img'), timeoutMs: BOOT_TIMEOUT_MS });
     await assertSawNodeConfig(r, clusterDir, 'pi-1');
     assert.equal(r.markers.arch, 'aarch64');
+    assertSysextOnRoot(r, 'arm64');
     const esp = r.markers.espFiles ?? [];
     for (const file of ['RPI_EFI.fd', 'start4.elf', 'fixup4.dat', 'bcm2711-rpi-4-b.dtb', 'config.txt', 'overlays/upstream-pi4.dtbo', 'EFI/boot/bootaa64.efi']) {
       assert.ok(esp.includes(file), `${file} on the ESP the node mounted: ${esp.join(' ')}`);

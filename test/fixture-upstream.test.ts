@@ -267,7 +267,7 @@ describe('firmware releases', () => {
     assert.equal((await run('sha256sum', [zip])).stdout.split(' ')[0], f.firmware.rpi4.sha256);
     const members = (await run('unzip', ['-Z1', zip])).stdout.trim().split('\n').sort();
     assert.deepEqual(members, ['RPI_EFI.fd', 'Readme.md', 'bcm2711-rpi-4-b.dtb', 'bcm2711-rpi-400.dtb', 'config.txt', 'fixup4.dat', 'overlays/miniuart-bt.dtbo', 'overlays/upstream-pi4.dtbo', 'start4.elf']);
-    const member = async (name: string) => Buffer.from((await run('unzip', ['-p', zip, name], { binary: true })).stdout, 'latin1');
+    const member = async (name: string) => (await run('unzip', ['-p', zip, name], { binary: true })).stdoutBytes!;
     assert.equal(
       (await run('unzip', ['-p', zip, 'config.txt'])).stdout,
       'arm_64bit=1\narm_boost=1\nenable_uart=1\nuart_2ndstage=1\nenable_gic=1\narmstub=RPI_EFI.fd\ndisable_commandline_tags=1\ndisable_overscan=1\ndevice_tree_address=0x3e0000\ndevice_tree_end=0x400000\ndtoverlay=miniuart-bt\ndtoverlay=upstream-pi4\n',

@@ -39,6 +39,9 @@ export interface TestClusterOptions {
   osVersion?: string;
   /** provision.kernel_args (default ["bramble.test=yes"]). */
   kernelArgs?: string[];
+  /** network.node_cidr: static addressing (nodes get ips allocated), which also gives the cluster its
+   * Kubernetes bootstrap (an API address known at build time) and so a sysext on ROOT. */
+  nodeCidr?: string;
   nodes: TestNode[];
 }
 
@@ -86,6 +89,7 @@ export async function writeTestCluster(dir: string, fixture: Fixture, o: TestClu
     `kernel_args = ${list(o.kernelArgs ?? ['bramble.test=yes'])}`,
     `snippets = [${q(basename(snippetFile))}]`,
   ];
+  if (o.nodeCidr) lines.push('', '[network]', `node_cidr = ${q(o.nodeCidr)}`);
   o.nodes.forEach((n, i) => {
     lines.push('', '[[nodes]]', `name = ${q(n.name)}`, `role = ${q(n.role ?? (i === 0 ? 'control-plane' : 'worker'))}`, `hardware = ${q(n.hardware)}`);
     if (n.size) lines.push(`size = ${q(n.size)}`);
