@@ -4,6 +4,7 @@
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { alignedBuffer, isAligned } from '../images/sources/aligned.ts';
+import { readFully, writeFully } from '../images/sparse.ts';
 import type { BlockDeviceInfo, FileInfo, TargetInfo } from '../images/devices.ts';
 import { HostError, InputError, type BrambleError } from './errors.ts';
 
@@ -54,23 +55,6 @@ export function targetIoError(path: string, what: string, e: unknown): BrambleEr
   }
 }
 
-async function writeFully(fh: FileHandle, data: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
-    done += bytesWritten;
-  }
-}
-
-async function readFully(fh: FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await fh.read(buf, done, length - done, position + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
-  }
-  return done;
-}
 
 /**
  * Two handles on one target: `direct` (O_DIRECT) for aligned I/O, `plain` for the rest (a partial last

@@ -38,7 +38,8 @@ export function alignRanges(ranges: readonly ByteRange[], size: number, block = 
 const ZERO = Buffer.alloc(IO_CHUNK);
 const isZero = (buf: Buffer, start: number, end: number) => ZERO.compare(buf, start, end, 0, end - start) === 0;
 
-async function readFully(fh: FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
+/** Read up to `length` bytes at `position` into `buf`, looping over short reads; returns how many (less at EOF). */
+export async function readFully(fh: FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
   let done = 0;
   while (done < length) {
     const { bytesRead } = await fh.read(buf, done, length - done, position + done);
