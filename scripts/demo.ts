@@ -47,7 +47,7 @@ async function main(): Promise<number> {
       const code = await runBramble(args);
       if (code !== 0) return code;
     }
-    log(`\ndemo: done. Flash an image with: bmaptool copy out/demo/images/worker-1.img /dev/sdX`);
+    log(`\ndemo: done. Flash an image with: sudo npx bramble flash out/demo/images/worker-1.img /dev/sdX`);
     return 0;
   } finally {
     await server.close();
