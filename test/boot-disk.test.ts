@@ -12,10 +12,9 @@ import { join } from 'node:path';
 import { getFixture, type Fixture } from './helpers/fixture.ts';
 import { buildWithCli, explainCli, warmBuildCache, writeTestCluster, type TestNode } from './helpers/build.ts';
 import { bootAndCapture, type BootResult } from './helpers/qemu.ts';
+import { BOOT_TIMEOUT_MS, bootTest, explainBoot, skipBoot } from './helpers/boot.ts';
 
-const skip = process.env.BRAMBLE_SKIP_BOOT === '1' ? 'BRAMBLE_SKIP_BOOT=1' : undefined;
-/** Generous: TCG on a loaded 2-core machine; one boot normally takes 20-60 s. */
-const BOOT_TIMEOUT_MS = 10 * 60_000;
+const skip = skipBoot;
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
 let f: Fixture;
@@ -29,9 +28,9 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-function explain(r: BootResult): string {
-  return `timedOut=${r.timedOut}\n${r.command.join(' ')}\n--- serial (last 3000 chars) ---\n${r.serial.slice(-3000)}`;
-}
+const explain = explainBoot;
+/** The disk boots follow a build, so they get more time than a bare boot. */
+const bootTestWithSetup = (name: string, fn: (t: TestContext) => Promise<void>) => bootTest(name, fn, 10 * 60_000);
 
 /** Build a cluster of pc-1 (and pi-1) on the warm cache; returns out/<cluster>. */
 async function build(name: string, osVersion: string | undefined, withPi: boolean, nodeCidr?: string): Promise<string> {
@@ -70,20 +69,13 @@ function assertSysextOnRoot(r: BootResult, sysextArch: 'x86-64' | 'arm64') {
   assert.equal(r.markers.rootLinks['/etc/extensions/kubernetes.raw'], path, JSON.stringify(r.markers.rootLinks));
 }
 
-function bootTest(name: string, fn: (t: TestContext) => Promise<void>) {
-  test(name, { timeout: BOOT_TIMEOUT_MS + 10 * 60_000 }, async (t) => {
-    if (skip) return t.skip(skip);
-    await fn(t);
-  });
-}
-
 describe('boot: bramble-built Flatcar images, 2025 layout (stable current)', () => {
   let clusterDir: string;
   before(async () => {
     if (!skip) clusterDir = await build('boot-2025', undefined, true, '192.168.60.0/24');
   });
 
-  bootTest('boot: pc image under OVMF sees exactly its config.ign and the OEM grub.cfg kernel arguments', async () => {
+  bootTestWithSetup('boot: pc image under OVMF sees exactly its config.ign and the OEM grub.cfg kernel arguments', async () => {
     const r = await bootAndCapture({ arch: 'amd64', firmware: 'ovmf', disk: join(clusterDir, 'images', 'pc-1.img'), timeoutMs: BOOT_TIMEOUT_MS });
     await assertSawNodeConfig(r, clusterDir, 'pc-1');
     assert.equal(r.markers.arch, 'x86_64');
@@ -91,7 +83,7 @@ describe('boot: bramble-built Flatcar images, 2025 layout (stable current)', () 
     assert.equal(r.markers.oemDevice, '/dev/vda6');
   });
 
-  bootTest('boot: rpi4 image, arm64 EFI chain under AAVMF, sees its config.ign, kernel arguments and the Pi firmware on the ESP', async () => {
+  bootTestWithSetup('boot: rpi4 image, arm64 EFI chain under AAVMF, sees its config.ign, kernel arguments and the Pi firmware on the ESP', async () => {
     const r = await bootAndCapture({ arch: 'arm64', firmware: 'aavmf', disk: join(clusterDir, 'images', 'pi-1.img'), timeoutMs: BOOT_TIMEOUT_MS });
     await assertSawNodeConfig(r, clusterDir, 'pi-1');
     assert.equal(r.markers.arch, 'aarch64');
@@ -109,7 +101,7 @@ describe('boot: bramble-built Flatcar images, old layout (stable 4459.2.4)', () 
     if (!skip) clusterDir = await build('boot-old', '4459.2.4', false);
   });
 
-  bootTest('boot: pc image (old layout) under OVMF sees exactly its config.ign and the OEM grub.cfg kernel arguments', async () => {
+  bootTestWithSetup('boot: pc image (old layout) under OVMF sees exactly its config.ign and the OEM grub.cfg kernel arguments', async () => {
     const r = await bootAndCapture({ arch: 'amd64', firmware: 'ovmf', disk: join(clusterDir, 'images', 'pc-1.img'), timeoutMs: BOOT_TIMEOUT_MS });
     await assertSawNodeConfig(r, clusterDir, 'pc-1');
     assert.equal(r.markers.oemDevice, '/dev/vda6');

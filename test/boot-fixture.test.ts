@@ -14,10 +14,9 @@ import { partitionByLabel, placeFlatcarLayout, SECTOR_BYTES } from '../scripts/f
 import { packCpioGz } from '../scripts/fixtures/initramfs.ts';
 import { flatcarRelease, getFixtureTree, type FixtureTree } from './helpers/fixture.ts';
 import { bootAndCapture, type BootResult } from './helpers/qemu.ts';
+import { BOOT_TIMEOUT_MS, bootTest, explainBoot, skipBoot } from './helpers/boot.ts';
 
-const skip = process.env.BRAMBLE_SKIP_BOOT === '1' ? 'BRAMBLE_SKIP_BOOT=1' : undefined;
-/** Generous: TCG on a loaded 2-core machine; a boot normally takes 10-40 s. */
-const BOOT_TIMEOUT_MS = 10 * 60_000;
+const skip = skipBoot;
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
 
 let f: FixtureTree;
@@ -31,16 +30,7 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-function explain(r: BootResult): string {
-  return `timedOut=${r.timedOut}\n${r.command.join(' ')}\n--- serial (last 3000 chars) ---\n${r.serial.slice(-3000)}`;
-}
-
-function bootTest(name: string, fn: (t: TestContext) => Promise<void>) {
-  test(name, { timeout: BOOT_TIMEOUT_MS + 60_000 }, async (t) => {
-    if (skip) return t.skip(skip);
-    await fn(t);
-  });
-}
+const explain = explainBoot;
 
 bootTest('boot: unmodified fixture pc image (amd64, 2025 layout) under OVMF reports first boot and no OEM config', async () => {
   const image = flatcarRelease(f, 'stable', 'amd64-usr').rawImage;

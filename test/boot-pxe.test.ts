@@ -14,10 +14,9 @@ import type { Manifest } from '../builders/output.ts';
 import { getFixture } from './helpers/fixture.ts';
 import { buildPxeWithCli, explainCli, pxeRoot, serveTree, writePxeCluster, type PxeTestCluster, type PxeTestNode } from './helpers/pxe-cluster.ts';
 import { bootAndCapture, type BootResult } from './helpers/qemu.ts';
+import { BOOT_TIMEOUT_MS, bootTest, explainBoot, skipBoot } from './helpers/boot.ts';
 
-const skip = process.env.BRAMBLE_SKIP_BOOT === '1' ? 'BRAMBLE_SKIP_BOOT=1' : undefined;
-/** Generous: TCG on a loaded 2-core machine; a netboot normally takes 10-40 s. */
-const BOOT_TIMEOUT_MS = 10 * 60_000;
+const skip = skipBoot;
 /** qemu user networking: the host (and its 127.0.0.1) as the guest sees it. */
 const SLIRP_HOST = '10.0.2.2';
 /** SeaBIOS prints to the serial port (and so does the iPXE ROM through it) only without a display. */
@@ -58,16 +57,7 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-function explain(r: BootResult): string {
-  return `timedOut=${r.timedOut}\n${r.command.join(' ')}\n--- serial (last 3000 chars) ---\n${r.serial.slice(-3000)}`;
-}
-
-function bootTest(name: string, fn: (t: TestContext) => Promise<void>) {
-  test(name, { timeout: BOOT_TIMEOUT_MS + 60_000 }, async (t) => {
-    if (skip) return t.skip(skip);
-    await fn(t);
-  });
-}
+const explain = explainBoot;
 
 /** The node saw its own config at both paths and exactly the arguments its iPXE script passes. */
 async function assertNodeBooted(r: BootResult, node: PxeTestNode, other: PxeTestNode) {
