@@ -7,6 +7,7 @@ import type { FatFile } from '../images/fat.ts';
 import type { AssembleImageOptions } from './assemble-hypriot.ts';
 import { VerificationError } from './errors.ts';
 import { run } from './exec.ts';
+import { EFI_VARIABLE_NV_BS_RT, setVariable } from '../images/efivars.ts';
 import { RPI4_FIRMWARE_ID } from '../images/catalog/boot-firmware.ts';
 
 
@@ -30,6 +31,25 @@ export const RPI4_CONFIG_TXT = [
   '',
 ].join('\n');
 
+/** The firmware's RAM-limit switch (base-images.md §11): an NV variable in RPI_EFI.fd's variable store. */
+export const RAM_LIMIT_VARIABLE = { name: 'RamLimitTo3GB', guid: 'cd7cc258-31db-22e6-9f22-63b0b8eed6b5' } as const;
+
+/**
+ * Set RamLimitTo3GB to 0 (UINT32) in a copy of RPI_EFI.fd, as Flatcar's Pi images do, so Pis with
+ * more than 3 GB use it all. A firmware without a variable store is not the firmware we expect.
+ */
+export function liftRamLimit(fd: Buffer, url: string): Buffer {
+  const out = Buffer.from(fd);
+  try {
+    setVariable(out, { ...RAM_LIMIT_VARIABLE, attributes: EFI_VARIABLE_NV_BS_RT, data: Buffer.alloc(4) });
+  } catch (e) {
+    throw new VerificationError(`${url}: RPI_EFI.fd`, 'an EDK2 variable store with room for RamLimitTo3GB', (e as Error).message, {
+      hint: 'set ram_limit_3gb = true on the node to use the firmware as it is',
+    });
+  }
+  return out;
+}
+
 /** Files the Pi cannot boot without; a zip lacking one is not the firmware we expect. */
 const REQUIRED = ['RPI_EFI.fd', 'start4.elf', 'fixup4.dat', 'bcm2711-rpi-4-b.dtb'];
 
@@ -48,7 +68,9 @@ export async function rpi4FirmwareFiles(o: AssembleImageOptions): Promise<FatFil
           const rel = relative(dir, p).split(sep).join('/');
           if (rel.startsWith('..')) throw new VerificationError(`${fw.url}: entry ${rel}`, 'a path inside the zip', 'a path outside it');
           if (rel === 'config.txt' || rel === 'Readme.md') continue;
-          files.push({ path: `/${rel}`, data: await readFile(p) });
+          let data: Buffer = await readFile(p);
+          if (rel === 'RPI_EFI.fd' && !o.rendered.node.ramLimit3GB) data = liftRamLimit(data, fw.url);
+          files.push({ path: `/${rel}`, data });
         }
       }
     };

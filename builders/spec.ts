@@ -48,6 +48,8 @@ export interface NodeSpec {
   arch: Arch;
   /** 1-based line of the node's [[nodes]] table in the source file, for messages from later stages. */
   line?: number;
+  /** rpi4 with Flatcar: keep the UEFI firmware's 3 GB RAM limit (default: lifted). */
+  ramLimit3GB?: boolean;
   /** Extra kernel arguments for this node (after the cluster's provision.kernelArgs). */
   kernelArgs?: string[];
   /** Butane-style YAML snippets merged into this node's config (after the cluster's). */

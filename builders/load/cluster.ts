@@ -27,6 +27,16 @@ const hypriotVersionPattern = /^v?(\d+\.\d+\.\d+)$/;
 /** `{ [key]: list }` when the list has entries, else nothing: specs carry no empty optional lists. */
 const nonEmpty = <K extends string, T>(key: K, list: T[]) => (list.length ? ({ [key]: list } as Record<K, T[]>) : {});
 
+/** nodes[].ram_limit_3gb: only meaningful for a Flatcar Raspberry Pi 4, whose UEFI firmware has the switch. */
+function readRamLimit(v: unknown, d: { index: number; hardware?: string }, base: OsBase, p: Problems): { ramLimit3GB?: boolean } {
+  if (typeof v !== 'boolean') return {};
+  if (d.hardware !== 'rpi4' || base !== 'flatcar') {
+    p.add(['nodes', d.index, 'ram_limit_3gb'], 'ram_limit_3gb is a setting of the Raspberry Pi 4 UEFI firmware, which only Flatcar rpi4 images carry', 'remove it from this node');
+    return {};
+  }
+  return { ramLimit3GB: v };
+}
+
 const section = (t: TomlTable, key: string): TomlTable => (isTable(t[key]) ? (t[key] as TomlTable) : {});
 
 export interface ClusterDraft {
@@ -89,6 +99,7 @@ export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: st
     ...(d.sizeBytes !== undefined && { sizeBytes: d.sizeBytes }),
     arch: archOf(d.hardware ?? 'pc', os.base),
     line: p.lines.lineOf(['nodes', d.index]),
+    ...readRamLimit(nodeTables[d.index]?.ram_limit_3gb, d, os.base, p),
     ...nonEmpty('kernelArgs', readKernelArgs(nodeTables[d.index]?.kernel_args, ['nodes', d.index, 'kernel_args'], p)),
     ...nonEmpty('snippets', readSnippets(nodeTables[d.index]?.snippets, ['nodes', d.index, 'snippets'], p, baseDir, foreign)),
   }));

@@ -97,6 +97,7 @@ export const clusterSchema: KeySpec = {
         install: { kind: 'boolean', example: 'install = true' },
         size: { kind: 'size', example: 'size = "16GiB"' },
         kernel_args: { kind: 'string-array', example: 'kernel_args = ["usbcore.autosuspend=-1"]' },
+        ram_limit_3gb: { kind: 'boolean', example: 'ram_limit_3gb = true' },
         snippets: { kind: 'string-array', example: 'snippets = ["snippets/cp-1.yaml"]' },
       },
     },
