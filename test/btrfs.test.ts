@@ -14,15 +14,12 @@ import { emptyGpt, findPartition, partitionBytes, PartitionType, readGpt, writeG
 import { derivedUuid } from '../images/guid.ts';
 import { extractPartition } from '../images/partition.ts';
 import { copySparse, scanDataRanges } from '../images/sparse.ts';
+import { tempDir as tempDirFor } from './helpers/tmp.ts';
 
 const MiB = 1024 * 1024;
 const EPOCH = 1700000000;
 
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'bramble-btrfs-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: { after: (fn: () => Promise<void>) => void }) => tempDirFor(t, 'btrfs');
 
 /** Deterministic pseudo-random bytes (AES-CTR keyed by the label), so builds can be compared. */
 function seeded(label: string, n: number): Buffer {

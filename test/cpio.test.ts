@@ -15,6 +15,7 @@ import {
   type CpioEntry,
 } from '../images/cpio.ts';
 import { GZIP_OS_OFFSET, GZIP_OS_UNIX, gunzip, gzipDeterministic } from '../images/gzip.ts';
+import { tempDir as tempDirFor } from './helpers/tmp.ts';
 
 const binary = Buffer.from([0, 1, 2, 0xff, 0xfe, 10, 13]);
 const entries: CpioEntry[] = [
@@ -42,11 +43,7 @@ const expectedNames = [
 ];
 const MTIME = 1_700_000_000;
 
-async function tempDir(t: import('node:test').TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'bramble-cpio-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: { after: (fn: () => Promise<void>) => void }) => tempDirFor(t, 'cpio');
 
 test('newc layout: magic, 110-byte headers, 4-byte alignment, sequential inodes, parents first, trailer', () => {
   const archive = writeCpio(entries, { mtime: MTIME });

@@ -11,6 +11,7 @@ import { InputError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { ext4DataRanges, listExt4, readExt4File, writeExt4Files, type Ext4Entry } from '../images/ext4.ts';
 import { mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
+import { tempDir as tempDirFor } from './helpers/tmp.ts';
 
 const MiB = 1024 * 1024;
 const PART_OFFSET = 2 * MiB;
@@ -19,11 +20,7 @@ const IMAGE_SIZE = 128 * MiB;
 const EPOCH = 1700000000;
 const FS_UUID = '3a0c2c6e-5d6b-4f3e-9d55-2b1c0f7f6a10';
 
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'bramble-ext4-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: { after: (fn: () => Promise<void>) => void }) => tempDirFor(t, 'ext4');
 
 /** A GPT image with an ext4 ROOT made the reproducible way (issue 3, "Known ground"), random bytes around it. */
 async function makeImage(path: string): Promise<void> {

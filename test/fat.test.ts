@@ -11,6 +11,7 @@ import { InputError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { fatDataRanges, listFat, readFatFile, removeFatFile, writeFatFiles } from '../images/fat.ts';
 import { mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
+import { tempDir as tempDirFor } from './helpers/tmp.ts';
 
 const MiB = 1024 * 1024;
 const PART_OFFSET = 2 * MiB;
@@ -19,11 +20,7 @@ const PART_SIZE = 128 * MiB;
 const IMAGE_SIZE = 160 * MiB;
 const EPOCH = 1700000000;
 
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'bramble-fat-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: { after: (fn: () => Promise<void>) => void }) => tempDirFor(t, 'fat');
 
 /** A GPT image with an empty FAT32 ESP, random bytes around it to prove they stay put. */
 async function makeImage(path: string): Promise<void> {

@@ -9,6 +9,7 @@ import { InputError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { findPartition, growImage, partitionBytes, PartitionType, readGpt, writeGpt, type Gpt } from '../images/gpt.ts';
 import { guidFromBytes, guidToBytes } from '../images/guid.ts';
+import { tempDir as tempDirFor } from './helpers/tmp.ts';
 
 // Flatcar's `base` layout (disk_layout.json; base-images.md §2.1-2.2): sectors per partition, placed in
 // number order at 4096-sector alignment from sector 4096.
@@ -60,11 +61,7 @@ async function sgdiskFlatcar(path: string, layout: keyof typeof FLATCAR_LAYOUTS)
   await run('sgdisk', [...args, path]);
 }
 
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'bramble-gpt-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: { after: (fn: () => Promise<void>) => void }) => tempDirFor(t, 'gpt');
 
 async function readRange(path: string, start: number, length: number): Promise<Buffer> {
   const fh = await open(path, 'r');

@@ -24,6 +24,7 @@ import { gunzip } from '../images/gzip.ts';
 import type { IgnitionConfig } from '../ignition/model.ts';
 import { renderIgnitionJson } from '../ignition/render.ts';
 import { decodeDataUrl } from '../ignition/validate.ts';
+import { tempDir as tempDirFor } from './helpers/tmp.ts';
 
 const cp1: NodeSpec = { name: 'cp1', role: 'control-plane', hardware: 'pc', boot: 'pxe', mac: '52:54:00:12:34:56', ip: '10.0.0.11', install: false, arch: 'amd64' };
 const w1: NodeSpec = { name: 'w1', role: 'worker', hardware: 'pc', boot: 'pxe', mac: '52:54:00:12:34:0A', ip: '10.0.0.12', install: true, arch: 'amd64' };
@@ -32,11 +33,7 @@ const VERSION = '4593.2.5';
 const kernelPath = layout.pxeAsset('amd64', VERSION, 'flatcar_production_pxe.vmlinuz');
 const flatcarCpio = layout.pxeAsset('amd64', VERSION, 'flatcar_production_pxe_image.cpio.gz');
 
-async function tempDir(t: import('node:test').TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'bramble-pxe-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: { after: (fn: () => Promise<void>) => void }) => tempDirFor(t, 'pxe');
 
 /** Structural iPXE check: shebang, known commands only, every goto has its label. */
 function assertIpxeScript(script: string): void {

@@ -15,14 +15,11 @@ import { emptyGpt, PartitionType, writeGpt } from '../images/gpt.ts';
 import { derivedUuid } from '../images/guid.ts';
 import { withPartition } from '../images/partition.ts';
 import { addRange, alignRanges, copySparse, mergeRanges, scanDataRanges, type ByteRange } from '../images/sparse.ts';
+import { tempDir as tempDirFor } from './helpers/tmp.ts';
 
 const MiB = 1024 * 1024;
 
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'bramble-bmap-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: { after: (fn: () => Promise<void>) => void }) => tempDirFor(t, 'bmap');
 
 /** A sparse file of `size` bytes with random data at the given [offset, length) spots. */
 async function makeImage(path: string, size: number, spots: Array<[number, number]>): Promise<void> {
