@@ -7,7 +7,7 @@ packages=(
   mtools dosfstools btrfs-progs e2fsprogs squashfs-tools bmap-tools
   busybox-static grub-common grub-efi-amd64-bin
   qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 ipxe ipxe-qemu
-  dnsmasq-base skopeo docker-registry openssl gnupg iproute2 cloud-init
+  dnsmasq-base skopeo docker-registry containerd openssl gnupg iproute2 cloud-init
 )
 missing=()
 for p in "${packages[@]}"; do
