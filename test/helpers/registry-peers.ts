@@ -1,0 +1,136 @@
+// Real peers for the registry bundle: Debian's docker-registry serving a storage tree read-only on
+// 127.0.0.1, skopeo talking to it, and a private containerd (own root, state and socket in a temp
+// dir) for `ctr images import`. Each start returns a stop function; tests call it in t.after.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { run } from '../../builders/exec.ts';
+
+/** A free TCP port on 127.0.0.1 (bound, then released for the server to take). */
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+async function until(what: string, child: ChildProcess, log: () => string, check: () => Promise<boolean>, timeoutMs = 20000): Promise<void> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < timeoutMs) {
+    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}:\n${log().slice(-3000)}`);
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`${what} did not come up within ${timeoutMs} ms:\n${log().slice(-3000)}`);
+}
+
+function stopper(child: ChildProcess): () => Promise<void> {
+  return async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await gone;
+    clearTimeout(timer);
+  };
+}
+
+export interface ServedRegistry {
+  /** `127.0.0.1:PORT` */
+  host: string;
+  stop(): Promise<void>;
+}
+
+/** docker-registry on `rootDirectory` with distribution's read-only maintenance mode (§4), on an ephemeral port. */
+export async function serveRegistryReadOnly(rootDirectory: string, workDir: string): Promise<ServedRegistry> {
+  const port = await freePort();
+  await mkdir(workDir, { recursive: true });
+  const config = join(workDir, 'registry-config.yml');
+  await writeFile(
+    config,
+    [
+      'version: 0.1',
+      'log:',
+      '  level: warn',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${rootDirectory}`,
+      '  maintenance:',
+      '    uploadpurging:',
+      '      enabled: false',
+      '    readonly:',
+      '      enabled: true',
+      '  delete:',
+      '    enabled: false',
+      'http:',
+      `  addr: 127.0.0.1:${port}`,
+      '',
+    ].join('\n'),
+  );
+  const child = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
+  await until('docker-registry', child, () => log, async () => (await fetch(`http://127.0.0.1:${port}/v2/`)).status === 200);
+  return { host: `127.0.0.1:${port}`, stop: stopper(child) };
+}
+
+/** `skopeo inspect --raw`: the exact manifest bytes a registry serves for `ref` (docker:// transport, plain HTTP). */
+export async function rawManifest(ref: string): Promise<Buffer> {
+  const r = await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`], { binary: true });
+  return r.stdoutBytes!;
+}
+
+export const sha256Digest = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+export interface PrivateContainerd {
+  /** The socket for `ctr --address`. */
+  address: string;
+  ctr(args: readonly string[]): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/**
+ * containerd as root with its own root, state and socket under `dir` (short path: a unix socket
+ * name is limited to 107 bytes), the CRI plugin off, the native snapshotter (works in any container).
+ */
+export async function startContainerd(dir: string): Promise<PrivateContainerd> {
+  const root = join(dir, 'root');
+  const state = join(dir, 'state');
+  const address = join(dir, 'c.sock');
+  await mkdir(root, { recursive: true });
+  await mkdir(state, { recursive: true });
+  const config = join(dir, 'config.toml');
+  await writeFile(
+    config,
+    [
+      'version = 2',
+      `root = ${JSON.stringify(root)}`,
+      `state = ${JSON.stringify(state)}`,
+      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+      '[grpc]',
+      `  address = ${JSON.stringify(address)}`,
+      '[ttrpc]',
+      `  address = ${JSON.stringify(`${address}.ttrpc`)}`,
+      '[debug]',
+      `  address = ""`,
+      '[metrics]',
+      `  address = ""`,
+      '',
+    ].join('\n'),
+  );
+  const child = spawn('containerd', ['--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
+  const ctr = async (args: readonly string[]) => (await run('ctr', ['--address', address, ...args])).stdout;
+  await until('containerd', child, () => log, async () => {
+    await ctr(['version']);
+    return true;
+  });
+  return { address, ctr, stop: stopper(child) };
+}
