@@ -5,10 +5,11 @@
 // real containerd's `ctr images import`. Link files, stored bytes and reproducibility are checked.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { run } from '../builders/exec.ts';
-import { distributionTreeFiles, mirrorRepository, treePaths, uniqueBlobs, writeDistributionTree, type TreeFile } from '../images/registry/distribution-tree.ts';
+import { hostsToml } from '../overlays/registry/mirror.ts';
+import { distributionTreeFiles, mirrorNamespace, mirrorRepository, treePaths, uniqueBlobs, writeDistributionTree, type TreeFile } from '../images/registry/distribution-tree.ts';
 import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
 import type { PulledImage } from '../images/registry/types.ts';
 import { TinyBlobStore, type TinyImage } from './helpers/oci-store.ts';
@@ -139,6 +140,27 @@ describe('distribution storage tree', () => {
         }
       });
     }
+
+    test("a real containerd given the generated hosts.toml files pulls upstream references from the mirror", async (t) => {
+      const dir = await mkdtemp('/tmp/ctrd-');
+      t.after(() => rm(dir, { recursive: true, force: true }));
+      const hostsDir = join(dir, 'certs.d');
+      const registries = new Map(pulled.map((p) => [p.name.registry, mirrorNamespace(p.name.registry)]));
+      for (const [upstream, namespace] of registries) {
+        await mkdir(join(hostsDir, upstream), { recursive: true });
+        await writeFile(join(hostsDir, upstream, 'hosts.toml'), hostsToml(upstream, reg.host, namespace));
+      }
+      const c = await startContainerd(dir);
+      t.after(() => c.stop());
+      for (const img of pulled) {
+        for (const p of img.platforms) {
+          // No upstream is reachable from here: success means containerd found the mirror path.
+          await c.ctr(['-n', p.architecture, 'images', 'pull', '--hosts-dir', hostsDir, '--platform', `linux/${p.architecture}`, img.ref]);
+          const table = await c.ctr(['-n', p.architecture, 'images', 'ls']);
+          assert.match(table, new RegExp(`^${img.ref.replace(/[.]/g, '\\.')}\\s+\\S+\\s+${img.top.digest}`, 'm'));
+        }
+      }
+    });
 
     test('an arch the cluster does not run is not served, and the tree is unchanged by serving', async () => {
       const arm = images[0]!.children.get('arm/v7')!;
