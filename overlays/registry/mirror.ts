@@ -27,11 +27,12 @@ export const REGISTRY_CONFIG_ON_NODE = '/etc/bramble/registry/config.yml';
 /** The per-arch OCI archives the first node imports at boot. */
 export const IMAGES_DIR_ON_NODE = '/var/lib/bramble/images';
 export const imagesArchiveOnNode = (arch: string) => `${IMAGES_DIR_ON_NODE}/${arch}.oci.tar`;
-export const registryArchiveOnNode = (arch: string) => `${IMAGES_DIR_ON_NODE}/registry-${arch}.oci.tar`;
+/** The images the first node's own services run (the registry server, and the PXE services' with [first_node]). */
+export const servicesArchiveOnNode = (arch: string) => `${IMAGES_DIR_ON_NODE}/services-${arch}.oci.tar`;
 export const IMPORT_STAMP = `${IMAGES_DIR_ON_NODE}/imported`;
 export const IMPORT_UNIT = 'bramble-images-import.service';
 export const REGISTRY_UNIT = 'bramble-registry.service';
-/** The registry container runs in a namespace of its own, out of the CRI's (k8s.io) sight. */
+/** The first node's service containers (the registry first) run in a namespace of their own, out of the CRI's (k8s.io) sight. */
 export const REGISTRY_NAMESPACE = 'bramble';
 export const REGISTRY_CONTAINER = 'bramble-registry';
 /** CRI's pinned-image label (containerd ≥ 1.7.3, §5.2): kubelet's image GC never removes these. */
@@ -95,7 +96,8 @@ export function registryConfigYml(): string {
 /**
  * Imports the bundled images before anything needs them: the cluster's images for this arch into
  * the CRI's namespace (pinned, so kubeadm init finds the control-plane images without the mirror),
- * and the registry server image into the mirror's own namespace. Once: a stamp marks it done.
+ * and the images of the node's own services (the registry server first) into their namespace, out
+ * of the kubelet's sight. Once: a stamp marks it done.
  */
 export function importUnit(arch: string): string {
   return [
@@ -111,7 +113,7 @@ export function importUnit(arch: string): string {
     'Type=oneshot',
     'RemainAfterExit=yes',
     `ExecStart=/usr/bin/ctr --namespace k8s.io images import --platform linux/${arch} --label ${PINNED_LABEL} ${imagesArchiveOnNode(arch)}`,
-    `ExecStart=/usr/bin/ctr --namespace ${REGISTRY_NAMESPACE} images import --platform linux/${arch} ${registryArchiveOnNode(arch)}`,
+    `ExecStart=/usr/bin/ctr --namespace ${REGISTRY_NAMESPACE} images import --platform linux/${arch} ${servicesArchiveOnNode(arch)}`,
     `ExecStartPost=/usr/bin/touch ${IMPORT_STAMP}`,
     '',
     '[Install]',
