@@ -6,7 +6,7 @@ import type { StageContext } from './events.ts';
 import type { FetchedInput } from './fetch.ts';
 import { layout } from './layout.ts';
 import type { OutputWriter } from './output.ts';
-import { buildNodeCpio, renderBootIpxe, renderDnsmasq, renderNodeIpxe } from './pxe-render.ts';
+import { buildNodeCpio, renderBootIpxe, renderDnsmasq, renderNodeIpxe, type DnsmasqOptions } from './pxe-render.ts';
 import type { ClusterSpec, NodeSpec } from './spec.ts';
 import { ipxeInputId } from '../images/catalog/boot-firmware.ts';
 import { ipxeBinaries } from './versions.ts';
@@ -108,31 +108,36 @@ export async function assemblePxe(o: AssemblePxeOptions): Promise<void> {
 }
 
 
-async function writeDnsmasqConfigs(o: AssemblePxeOptions) {
-  const subnet = o.spec.network.nodeCidr;
-  const httpBase = pxeHttpBase(o.spec);
+/**
+ * What every dnsmasq config of the cluster shares (boot subnet, leases, boot files, HTTP boot URL),
+ * or why there can be none: it needs an IPv4 node_cidr and a first node with a static ip serving the tree.
+ */
+export function dnsmasqCommon(spec: ClusterSpec): Omit<DnsmasqOptions, 'mode'> | { missing: string } {
+  const subnet = spec.network.nodeCidr;
+  const httpBase = pxeHttpBase(spec);
   if (!subnet || !httpBase || subnet.includes(':')) {
-    o.events({
-      kind: 'warning',
-      message:
-        'no dnsmasq.conf written: it needs an IPv4 network.node_cidr and a control-plane node with a static ip to serve the tree; serve pxe/ with your own DHCP/TFTP/HTTP setup',
-    });
-    return;
+    return { missing: 'it needs an IPv4 network.node_cidr and a control-plane node with a static ip to serve the tree' };
   }
-  const leases = o.spec.nodes
-    .filter((n) => n.mac)
-    .map((n) => ({ mac: n.mac!, ip: n.ip, name: n.name }));
+  const leases = spec.nodes.filter((n) => n.mac).map((n) => ({ mac: n.mac!, ip: n.ip, name: n.name }));
   if (leases.length === 0) throw new InputError('the PXE tree has no node with a MAC address');
-  const common = {
-    cluster: o.spec.name,
+  return {
+    cluster: spec.name,
     subnet,
-    gateway: o.spec.network.gateway,
-    dns: o.spec.network.dns.filter((d) => !d.includes(':')),
+    gateway: spec.network.gateway,
+    dns: spec.network.dns.filter((d) => !d.includes(':')),
     leases,
-    tftpRoot: `/srv/bramble/${o.spec.name}/pxe`,
+    tftpRoot: `/srv/bramble/${spec.name}/pxe`,
     httpBase,
     bootFiles: dnsmasqBootFiles(),
   };
+}
+
+async function writeDnsmasqConfigs(o: AssemblePxeOptions) {
+  const common = dnsmasqCommon(o.spec);
+  if ('missing' in common) {
+    o.events({ kind: 'warning', message: `no dnsmasq.conf written: ${common.missing}; serve pxe/ with your own DHCP/TFTP/HTTP setup` });
+    return;
+  }
   const meta = { kind: 'dnsmasq-conf' as const, target: 'pxe' as const, secret: false };
   await o.out.writeFile(layout.dnsmasqConf, renderDnsmasq({ mode: 'dhcp', ...common }), meta);
   await o.out.writeFile(layout.dnsmasqProxyConf, renderDnsmasq({ mode: 'proxy', ...common }), meta);

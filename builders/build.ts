@@ -25,6 +25,8 @@ import { kubernetesApplies, prepareKubernetes, withKubernetes, type BuiltSysextF
 import { SYSEXT_DIR_ON_NODE, SYSEXT_LINK_ON_NODE, sysextPathOnNode } from '../overlays/kubernetes/sysext.ts';
 import type { Ext4Entry } from '../images/ext4.ts';
 import { BOOTSTRAP_TOKEN_FILE, PKI_RECORD_FILE } from '../overlays/kubernetes/pki.ts';
+import { firstNodeRootEntries, withFirstNode } from './first-node.ts';
+import { isServingNode } from '../overlays/first-node/services.ts';
 
 export interface BuildOptions extends StageContext {
   spec: ClusterSpec;
@@ -82,7 +84,7 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
   if (!k8s.ok) events({ kind: 'warning', message: `images are built without the Kubernetes bootstrap: ${k8s.reason}` });
 
   const fetched = await stage(events, 'fetch', 'Fetch and verify inputs', async () => {
-    const r = await fetchInputs(spec, { cacheDir: o.cacheDir, lock: previousLock, offline: o.offline, targets: o.targets, kubernetes: k8s.ok, signal, events });
+    const r = await fetchInputs(spec, { cacheDir: o.cacheDir, lock: previousLock, offline: o.offline, targets: fetchTargets(o.targets, plan), kubernetes: k8s.ok, signal, events });
     await writeLock(o.lockPath, r.lock);
     return r;
   });
@@ -144,17 +146,18 @@ interface AssembleAllOptions extends StageContext {
   workDir: string;
 }
 
-/** Configs, then one disk image per disk node, then the PXE tree for the netbooted ones. */
+/**
+ * The targets whose inputs the build fetches: the plan's, which adds the PXE tree to a selection
+ * that includes the first node serving it.
+ */
+function fetchTargets(requested: Target[] | undefined, plan: BuildPlan): Target[] | undefined {
+  return requested?.length ? [...new Set(plan.nodes.map((n) => n.target))].sort() : requested;
+}
+
+/** Configs, then the PXE tree for the netbooted nodes, then one disk image per disk node (the first node's carries the tree). */
 async function assembleAll(o: AssembleAllOptions): Promise<void> {
   const { spec, rendered, out } = o;
   for (const r of rendered) await writeConfigs(out, r);
-  const disk = rendered.filter((r) => r.node.boot === 'disk');
-  for (const [i, r] of disk.entries()) {
-    o.events({ kind: 'progress', stage: 'assemble', what: 'disk images', done: i, total: disk.length, unit: 'items' });
-    const common = { spec, rendered: r, inputs: o.inputs, out, epoch: o.epoch, workDir: o.workDir, signal: o.signal, events: o.events };
-    if (spec.os.base === 'flatcar') await assembleDiskImage(common);
-    else await assembleHypriotImage(common);
-  }
   const pxe = rendered.filter((r) => r.node.boot === 'pxe');
   if (pxe.length) {
     await assemblePxe({
@@ -168,6 +171,14 @@ async function assembleAll(o: AssembleAllOptions): Promise<void> {
       events: o.events,
     });
   }
+  const disk = rendered.filter((r) => r.node.boot === 'disk');
+  for (const [i, r0] of disk.entries()) {
+    o.events({ kind: 'progress', stage: 'assemble', what: 'disk images', done: i, total: disk.length, unit: 'items' });
+    const r = isServingNode(spec, r0.node) ? { ...r0, rootEntries: [...(r0.rootEntries ?? []), ...firstNodeRootEntries(spec, out)] } : r0;
+    const common = { spec, rendered: r, inputs: o.inputs, out, epoch: o.epoch, workDir: o.workDir, signal: o.signal, events: o.events };
+    if (spec.os.base === 'flatcar') await assembleDiskImage(common);
+    else await assembleHypriotImage(common);
+  }
 }
 
 export function renderNode(spec: ClusterSpec, node: NodeSpec, k8s?: KubernetesBundle): RenderedNode {
@@ -179,6 +190,7 @@ export function renderNode(spec: ClusterSpec, node: NodeSpec, k8s?: KubernetesBu
   if (spec.os.base === 'hypriot') {
     return { node, provisioning, cloudInit: renderCloudInit(provisioning, { cluster: spec.name, node: node.name }) };
   }
+  provisioning = withFirstNode(spec, node, provisioning);
   if (!k8s) return { node, provisioning, ignitionJson: renderIgnitionJson(provisioning) };
   provisioning = withKubernetes(spec, node, provisioning, k8s);
   const sysext = k8s.sysexts.get(node.arch)!;

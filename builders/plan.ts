@@ -8,6 +8,8 @@ import { flatcarFiles, flatcarInputId } from '../images/catalog/flatcar.ts';
 import { HYPRIOT_IMAGE_ID } from '../images/catalog/hypriot.ts';
 import { CNI_PLUGINS_VERSION, CRICTL_VERSION, kubernetesBinaries } from '../images/catalog/kubernetes.ts';
 import { UsageError } from './errors.ts';
+import { servedPorts, withServedNodes } from './first-node.ts';
+import { firstNodeImages, portText, servingNode } from '../overlays/first-node/services.ts';
 import { layout } from './layout.ts';
 import { apiServiceIp, clusterDnsIp } from './load/network.ts';
 import type { LockFile } from './lockfile.ts';
@@ -83,10 +85,24 @@ export interface BuildPlan {
     apiVip: string | null;
   };
   registry: { mirror: boolean; extraImages: string[] };
+  /** What the first node serves the netbooted nodes, where; null when it serves nothing ([first_node]). */
+  firstNode: PlannedFirstNode | null;
+  /** Per selected node (Flatcar clusters the first node serves): the ports its firewall opens, e.g. `tcp 6443`. */
+  firewall: Record<string, string[]> | null;
   nodes: PlannedNode[];
   artefacts: PlannedArtefact[];
   inputs: PlannedInput[];
   warnings: string[];
+}
+
+export interface PlannedFirstNode {
+  node: string;
+  address: string;
+  dhcp: 'full' | 'proxy';
+  interface: string | null;
+  /** Container images its serving units run. */
+  images: string[];
+  services: Array<{ service: string; protocol: string; port: string; purpose: string; unit: string | null }>;
 }
 
 export interface PlanOptions {
@@ -101,7 +117,7 @@ export function nodeTarget(node: Pick<NodeSpec, 'boot' | 'hardware'>): Target {
 }
 
 export function planBuild(spec: ClusterSpec, opts: PlanOptions = {}): BuildPlan {
-  const selected = selectNodes(spec, opts);
+  const selected = withServedNodes(spec, selectNodes(spec, opts));
   const warnings: string[] = [];
   const os = resolveOs(spec, opts.lock, warnings);
   const k = parseKubernetesVersion(spec.kubernetes.version);
@@ -135,10 +151,28 @@ export function planBuild(spec: ClusterSpec, opts: PlanOptions = {}): BuildPlan 
       apiVip: spec.network.vip ?? null,
     },
     registry: { mirror: spec.registry.mirror, extraImages: [...spec.registry.extraImages] },
+    ...planFirstNode(spec, selected),
     nodes: selected.map(planNode),
     artefacts: planArtefacts(spec, selected, os.version),
     inputs: planInputs(spec, selected, os.version, warnings),
     warnings,
+  };
+}
+
+function planFirstNode(spec: ClusterSpec, selected: NodeSpec[]): Pick<BuildPlan, 'firstNode' | 'firewall'> {
+  const server = servingNode(spec);
+  if (!server) return { firstNode: null, firewall: null };
+  const services = servedPorts(spec, server).filter((p) => p.unit);
+  return {
+    firstNode: {
+      node: server.name,
+      address: server.ip!,
+      dhcp: spec.firstNode!.dhcp,
+      interface: spec.firstNode!.interface ?? null,
+      images: firstNodeImages(spec),
+      services: services.map((p) => ({ service: p.service, protocol: p.protocol, port: portText(p.port), purpose: p.purpose, unit: p.unit ?? null })),
+    },
+    firewall: Object.fromEntries(selected.map((n) => [n.name, servedPorts(spec, n).map((p) => `${p.protocol} ${portText(p.port)}`)])),
   };
 }
 
@@ -312,6 +346,7 @@ export function formatPlan(plan: BuildPlan): string {
   if (plan.selection.targets || plan.selection.nodes) {
     lines.push(`  selected    ${[plan.selection.targets && `targets ${plan.selection.targets.join(' ')}`, plan.selection.nodes && `nodes ${plan.selection.nodes.join(' ')}`].filter(Boolean).join('; ')}`);
   }
+  if (plan.firstNode) lines.push(...formatFirstNode(plan.firstNode, plan.firewall ?? {}));
   lines.push('', `nodes (${plan.nodes.length})`);
   lines.push(
     ...table(
@@ -325,6 +360,22 @@ export function formatPlan(plan: BuildPlan): string {
   lines.push(...table(['ID', 'VERSION', 'WHAT'], plan.inputs.map((i) => [i.id, i.version, i.description])));
   if (plan.warnings.length) lines.push('', 'warnings', ...plan.warnings.map((w) => `  ! ${w}`));
   return `${lines.join('\n')}\n`;
+}
+
+function formatFirstNode(f: PlannedFirstNode, firewall: Record<string, string[]>): string[] {
+  const mode = f.dhcp === 'full' ? `full DHCP on ${f.interface}` : `proxyDHCP${f.interface ? ` on ${f.interface}` : ''}`;
+  return [
+    '',
+    `first node ${f.node} serves the netbooted nodes at ${f.address} (${mode}; building it builds their PXE tree too)`,
+    ...table(
+      ['SERVICE', 'ADDRESS', 'UNIT', 'WHAT'],
+      f.services.map((s) => [s.service, `${f.address}:${s.port}/${s.protocol}`, s.unit ?? '-', s.purpose]),
+    ),
+    `  images: ${f.images.join(', ')} (bundled, pre-imported)`,
+    '',
+    'firewall (nftables, inbound: established, loopback, ICMP, pods, and these ports)',
+    ...table(['NODE', 'OPEN PORTS'], Object.entries(firewall).map(([node, ports]) => [node, ports.join(', ')])),
+  ];
 }
 
 function table(header: string[], rows: string[][]): string[] {

@@ -79,6 +79,16 @@ export interface NetworkSpec {
   vip?: string;
 }
 
+/** How dnsmasq on the first node hands out boot information: as the network's DHCP server, or beside one. */
+export type FirstNodeDhcp = 'full' | 'proxy';
+
+/** [first_node]: the first control-plane node serves what the netbooted nodes need (PXE tree, DHCP/TFTP). */
+export interface FirstNodeSettings {
+  dhcp: FirstNodeDhcp;
+  /** The first node's interface dnsmasq answers on; required for full DHCP (a dedicated network). */
+  interface?: string;
+}
+
 export interface ClusterSpec {
   name: string;
   /** Where the spec came from: a file path or '<built-in default>'. */
@@ -88,6 +98,8 @@ export interface ClusterSpec {
   network: NetworkSpec;
   ssh: { authorizedKeys: string[] };
   registry: { mirror: boolean; extraImages: string[] };
+  /** Set when the first control-plane node serves the netbooted nodes; absent when it serves nothing. */
+  firstNode?: FirstNodeSettings;
   /** Optional: kernel arguments and snippets for every node (absent means none). */
   provision?: ProvisionSettings;
   sources: Sources;

@@ -15,6 +15,7 @@ import { readNodes } from './nodes.ts';
 import { Problems, isTable, suggest, type TomlTable } from './problems.ts';
 import { readSourcesTable } from './sources.ts';
 import { readKernelArgs, readSnippets } from './provision.ts';
+import { readFirstNode } from './first-node.ts';
 import type { ConfigError } from '../errors.ts';
 import { checkImageRef, checkLabel, checkSshKey } from './values.ts';
 
@@ -104,6 +105,8 @@ export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: st
     ...nonEmpty('snippets', readSnippets(nodeTables[d.index]?.snippets, ['nodes', d.index, 'snippets'], p, baseDir, foreign)),
   }));
 
+  const firstNode = readFirstNode(section(t, 'first_node'), nodes, os.base, p);
+
   return {
     spec: {
       name,
@@ -113,6 +116,7 @@ export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: st
       network,
       ssh: { authorizedKeys },
       registry: { mirror: registry.mirror !== false, extraImages },
+      ...(firstNode && { firstNode }),
       ...(provision.kernelArgs.length || provision.snippets.length ? { provision } : {}),
       nodes,
     },

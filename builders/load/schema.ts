@@ -75,6 +75,15 @@ export const clusterSchema: KeySpec = {
         extra_images: { kind: 'string-array', example: 'extra_images = ["docker.io/library/nginx:1.27"]' },
       },
     },
+    first_node: {
+      kind: 'table',
+      example: '[first_node]',
+      keys: {
+        serve: { kind: 'boolean', example: 'serve = true' },
+        dhcp: { kind: 'string', example: 'dhcp = "proxy"' },
+        interface: { kind: 'string', example: 'interface = "eth1"' },
+      },
+    },
     provision: {
       kind: 'table',
       example: '[provision]',
