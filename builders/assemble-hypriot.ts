@@ -1,11 +1,13 @@
 // A HypriotOS node image: the verified base image copied sparsely, with the node's NoCloud seed
-// (user-data, meta-data, network-config) written into the FAT boot partition by mtools. The MBR,
-// its disk signature (PARTUUIDs in cmdline.txt) and every byte outside the FAT partition stay as
+// (user-data, meta-data, network-config) written into the FAT boot partition by mtools and the
+// Kubernetes binaries written into the ext4 root partition by debugfs (no mount, no root). The MBR,
+// its disk signature (PARTUUIDs in cmdline.txt) and every byte outside those two partitions stay as
 // they were.
-import { rm } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { writeBmap } from '../images/bmap.ts';
 import { fatDataRanges, writeFatFiles } from '../images/fat.ts';
-import { MBR_FAT_TYPES, mbrPartitionBytes, readMbr } from '../images/mbr.ts';
+import { ext4DataRanges, ext4Space, writeExt4Files, type Ext4Entry, type Ext4Location } from '../images/ext4.ts';
+import { MBR_FAT_TYPES, MBR_LINUX_TYPE, mbrPartitionBytes, readMbr } from '../images/mbr.ts';
 import { copySparse, mergeRanges, type ByteRange } from '../images/sparse.ts';
 import type { RenderedNode } from './build.ts';
 import { InputError } from './errors.ts';
@@ -37,6 +39,26 @@ export function replaceRanges(base: readonly ByteRange[], start: number, end: nu
   return mergeRanges([...kept, ...inside]);
 }
 
+/**
+ * Refuses, before writing, entries that do not fit the root filesystem: HypriotOS grows its root
+ * partition only on first boot, so the image as released must hold them.
+ */
+async function checkRootSpace(image: string, at: Ext4Location, entries: readonly Ext4Entry[], o: { node: string; image: string; signal: AbortSignal }): Promise<void> {
+  const space = await ext4Space(image, at, { signal: o.signal });
+  let blocks = 0;
+  for (const e of entries) {
+    const bytes = e.type === 'file' ? (e.source !== undefined ? (await stat(e.source)).size : Buffer.byteLength(e.data ?? '')) : 0;
+    // Data blocks, plus one for a directory or an extent block per 128 MiB of file (a generous bound on fragmentation).
+    blocks += Math.ceil(bytes / space.blockSize) + 1 + Math.ceil(bytes / (128 << 20));
+  }
+  if (blocks > space.freeBlocks || entries.length > space.freeInodes) {
+    const mib = (b: number) => `${((b * space.blockSize) / 1048576).toFixed(1)} MiB`;
+    throw new InputError(`node "${o.node}": the root filesystem of ${o.image} has ${mib(space.freeBlocks)} free, the files bramble adds need ${mib(blocks)}`, {
+      hint: 'bramble does not grow HypriotOS images: point sources.hypriot at an image whose root filesystem has that much room, or use os.base = "flatcar"',
+    });
+  }
+}
+
 export async function assembleHypriotImage(o: AssembleImageOptions): Promise<void> {
   const { node, cloudInit } = o.rendered;
   const base = o.inputs.get(`hypriot-image-${node.arch}`);
@@ -62,7 +84,18 @@ export async function assembleHypriotImage(o: AssembleImageOptions): Promise<voi
       { signal: o.signal, epoch: o.epoch, workDir: o.workDir },
     );
     // Freed clusters may still hold old bytes, so the FAT's map is added to the base map, never replaces it.
-    const ranges = mergeRanges([...base.dataRanges, ...(await fatDataRanges(tmp, offset, { signal: o.signal }))]);
+    let ranges = mergeRanges([...base.dataRanges, ...(await fatDataRanges(tmp, offset, { signal: o.signal }))]);
+
+    // The root filesystem (ext4): plain files the plan places there, such as the Kubernetes binaries.
+    const entries = o.rendered.rootEntries ?? [];
+    if (entries.length) {
+      const rootPart = mbr.partitions.find((p) => p.type === MBR_LINUX_TYPE);
+      if (!rootPart) throw new InputError(`the HypriotOS image ${base.url} has no Linux root partition`, { hint: 'check sources.hypriot points at HypriotOS releases' });
+      const root = { offset: mbrPartitionBytes(rootPart).offset };
+      await checkRootSpace(tmp, root, entries, { node: node.name, image: base.url, signal: o.signal });
+      await writeExt4Files(tmp, root, entries, { epoch: o.epoch, workDir: o.workDir, signal: o.signal });
+      ranges = mergeRanges([...ranges, ...(await ext4DataRanges(tmp, root, { signal: o.signal }))]);
+    }
     await writeBmap(tmp, ranges, bmapTmp, { signal: o.signal });
     const meta = { node: node.name, target: node.hardware, arch: node.arch, secret: true };
     await o.out.adoptFile(layout.bmap(node.name), bmapTmp, { kind: 'bmap', ...meta, secret: false });

@@ -18,13 +18,22 @@ import { OutputWriter, type Manifest } from './output.ts';
 import { planBuild, type BuildPlan } from './plan.ts';
 import { renderInstallerProvisioning } from './pxe-render.ts';
 import { renderCloudInit } from '../overlays/cloudinit.ts';
-import type { ClusterSpec, NodeSpec, Target } from './spec.ts';
+import type { Arch, ClusterSpec, NodeSpec, Target } from './spec.ts';
 import { flatcarChannelBase } from '../images/catalog/flatcar.ts';
 import { flatcarBoard } from './spec.ts';
-import { kubernetesApplies, prepareKubernetes, withKubernetes, type BuiltSysextForArch, type KubernetesBundle } from './kubernetes-content.ts';
+import {
+  kubernetesApplies,
+  kubernetesBinariesApply,
+  preparePlainBinaries,
+  prepareKubernetes,
+  withKubernetes,
+  type BuiltSysextForArch,
+  type KubernetesBundle,
+} from './kubernetes-content.ts';
 import { SYSEXT_DIR_ON_NODE, SYSEXT_LINK_ON_NODE, sysextPathOnNode } from '../overlays/kubernetes/sysext.ts';
 import type { Ext4Entry } from '../images/ext4.ts';
 import { BOOTSTRAP_TOKEN_FILE, PKI_RECORD_FILE } from '../overlays/kubernetes/pki.ts';
+import { bundledImageInputs, serverRootEntriesFor, withMirror, writeMirrorBundle } from './registry-content.ts';
 import { firstNodeRootEntries, withFirstNode } from './first-node.ts';
 import { isServingNode } from '../overlays/first-node/services.ts';
 
@@ -55,7 +64,7 @@ export interface RenderedNode {
   cloudInit?: { userData: string; metaData: string; networkConfig: string };
   /** The node's Kubernetes sysext (built once per arch), when the build carries Kubernetes. */
   sysext?: BuiltSysextForArch;
-  /** Files, directories and links the image builder writes onto ROOT (ext4), root-owned. */
+  /** Files, directories and links the image builder writes onto the root filesystem (ext4), root-owned. */
   rootEntries?: Ext4Entry[];
 }
 
@@ -82,13 +91,18 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
   const selected = spec.nodes.filter((n) => plan.nodes.some((p) => p.name === n.name));
   const k8s = kubernetesApplies(spec, selected);
   if (!k8s.ok) events({ kind: 'warning', message: `images are built without the Kubernetes bootstrap: ${k8s.reason}` });
+  const binaries = kubernetesBinariesApply(spec, selected);
 
   const fetched = await stage(events, 'fetch', 'Fetch and verify inputs', async () => {
-    const r = await fetchInputs(spec, { cacheDir: o.cacheDir, lock: previousLock, offline: o.offline, targets: fetchTargets(o.targets, plan), kubernetes: k8s.ok, signal, events });
+    const r = await fetchInputs(spec, { cacheDir: o.cacheDir, lock: previousLock, offline: o.offline, targets: fetchTargets(o.targets, plan), kubernetes: binaries, signal, events });
     await writeLock(o.lockPath, r.lock);
     return r;
   });
   const version = fetched.lock.os.version;
+  if (fetched.registry.ok && fetched.registry.plan.placement.kind === 'unserved') {
+    const why = fetched.registry.plan.placement.reason;
+    events({ kind: 'warning', message: `the container images are bundled in out/${spec.name}/${layout.registryDir}, but no node pulls from them: ${why}; nodes pull from upstream registries` });
+  }
 
   const clusterDir = layout.clusterDir(o.outDir, spec.name);
   const out = new OutputWriter(clusterDir, events, signal);
@@ -97,16 +111,25 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
   const workDir = join(clusterDir, '.work');
   await mkdir(workDir, { recursive: true });
   try {
+    const registry = fetched.registry;
+    const mirror = registry.ok
+      ? await stage(events, 'bundle', 'Bundle container images', () =>
+          writeMirrorBundle({ plan: registry.plan, images: fetched.images, cacheDir: o.cacheDir, out, workDir, epoch, signal }),
+        )
+      : undefined;
     const rendered = await stage(events, 'render', 'Render node configs', async () => {
       const bundle = k8s.ok
         ? await prepareKubernetes({ spec, nodes: selected, inputs: fetched.inputs, clusterDir, workDir, epoch, signal })
         : undefined;
       if (bundle) {
+        if (mirror) bundle.mirror = mirror;
         for (const rel of [...Object.keys(bundle.pki.files), BOOTSTRAP_TOKEN_FILE, PKI_RECORD_FILE].sort()) {
           await out.recordFile(`${layout.pkiDir}/${rel}`, { kind: 'pki', secret: true });
         }
       }
-      return selected.map((n) => renderNode(spec, n, bundle));
+      // HypriotOS has no sysext: its nodes get the binaries as plain files on the root filesystem.
+      const plain = binaries && spec.os.base === 'hypriot' ? await preparePlainBinaries({ nodes: selected, inputs: fetched.inputs, workDir, signal }) : undefined;
+      return selected.map((n) => renderNode(spec, n, bundle, plain));
     });
     await stage(events, 'assemble', 'Assemble images and PXE tree', () =>
       assembleAll({ spec, version, rendered, inputs: fetched.inputs, out, epoch, workDir, signal, events }),
@@ -130,6 +153,7 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
       })),
       inputs: [...fetched.inputs.values()]
         .map((i: FetchedInput) => ({ id: i.id, url: i.url, version: i.version, sha256: i.sha256 }))
+        .concat(fetched.images.length ? bundledImageInputs(fetched.lock) : [])
         .sort((a, b) => (a.id < b.id ? -1 : 1)),
     }),
   );
@@ -181,18 +205,20 @@ async function assembleAll(o: AssembleAllOptions): Promise<void> {
   }
 }
 
-export function renderNode(spec: ClusterSpec, node: NodeSpec, k8s?: KubernetesBundle): RenderedNode {
+export function renderNode(spec: ClusterSpec, node: NodeSpec, k8s?: KubernetesBundle, plainBinaries?: Map<Arch, Ext4Entry[]>): RenderedNode {
   let provisioning = provisionNode(spec, node);
   provisioning.kernelArgs.push(...(spec.provision?.kernelArgs ?? []), ...(node.kernelArgs ?? []));
   for (const s of [...(spec.provision?.snippets ?? []), ...(node.snippets ?? [])]) {
     provisioning = mergeSnippet(provisioning, parseSnippet(s.text, s.file));
   }
   if (spec.os.base === 'hypriot') {
-    return { node, provisioning, cloudInit: renderCloudInit(provisioning, { cluster: spec.name, node: node.name }) };
+    const rootEntries = plainBinaries?.get(node.arch);
+    return { node, provisioning, cloudInit: renderCloudInit(provisioning, { cluster: spec.name, node: node.name }), ...(rootEntries && { rootEntries }) };
   }
   provisioning = withFirstNode(spec, node, provisioning);
   if (!k8s) return { node, provisioning, ignitionJson: renderIgnitionJson(provisioning) };
   provisioning = withKubernetes(spec, node, provisioning, k8s);
+  if (k8s.mirror) withMirror(provisioning, node, k8s.mirror);
   const sysext = k8s.sysexts.get(node.arch)!;
   return {
     node,
@@ -204,6 +230,7 @@ export function renderNode(spec: ClusterSpec, node: NodeSpec, k8s?: KubernetesBu
         { path: SYSEXT_DIR_ON_NODE, type: 'dir' as const, mode: 0o755 },
         { path: sysextPathOnNode(spec.kubernetes.version, node.arch), type: 'file' as const, source: sysext.path, mode: 0o644 },
         { path: SYSEXT_LINK_ON_NODE, type: 'symlink' as const, target: sysextPathOnNode(spec.kubernetes.version, node.arch) },
+        ...serverRootEntriesFor(node, k8s.mirror),
       ],
     }),
   };

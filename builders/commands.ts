@@ -11,6 +11,7 @@ import { defaultCluster } from './defaults.ts';
 import { planBuild, formatPlan, planToJson } from './plan.ts';
 import { readLock, writeLock } from './lockfile.ts';
 import { fetchInputs } from './fetch.ts';
+import { kubernetesBinariesApply } from './kubernetes-content.ts';
 import { defaultCacheDir } from '../images/cache.ts';
 import { buildCluster } from './build.ts';
 import { inspectPath } from './inspect.ts';
@@ -79,11 +80,16 @@ const fetch: Command = async (ctx) => {
   const spec = await resolveSpec(ctx.values);
   const lockPath = lockPathOf(ctx.values);
   const lock = await readLock(lockPath);
+  const targets = targetsOf(ctx.values);
+  // The plan's checks first (nothing is fetched for a config the build would refuse), and what it selects.
+  const planned = planBuild(spec, { targets, lock });
+  const selected = spec.nodes.filter((n) => planned.nodes.some((p) => p.name === n.name));
   const result = await fetchInputs(spec, {
     cacheDir: cacheDirOf(ctx.values),
     lock,
     offline: !!ctx.values.offline,
-    targets: targetsOf(ctx.values),
+    targets,
+    kubernetes: kubernetesBinariesApply(spec, selected),
     signal: ctx.signal,
     events: ctx.events,
   });

@@ -1,7 +1,7 @@
 // The built-in cluster used when no -c is given: one control-plane node of the requested target, on DHCP.
 import { archOf, defaultSources, type ClusterSpec, type Hardware, type NodeSpec, type OsBase, type Target } from './spec.ts';
 import { defaultPodCidr, defaultServiceCidr } from './load/network.ts';
-import { defaultFlatcarChannel, defaultKubernetesVersion, defaultOsVersion } from './versions.ts';
+import { defaultFlatcarChannel, defaultKubernetesVersionFor, defaultOsVersion } from './versions.ts';
 
 export const defaultClusterName = 'bramble';
 export const defaultNodeName = 'control-plane-1';
@@ -30,7 +30,7 @@ export function defaultCluster(target: Target): ClusterSpec {
     name: defaultClusterName,
     source: defaultClusterSource,
     os: { base, channel: defaultFlatcarChannel, version: defaultOsVersion(base) },
-    kubernetes: { version: defaultKubernetesVersion, cni: 'flannel' },
+    kubernetes: { version: defaultKubernetesVersionFor(base), cni: 'flannel' },
     network: { dns: [], podCidr: defaultPodCidr, serviceCidr: defaultServiceCidr },
     ssh: { authorizedKeys: [] },
     registry: { mirror: true, extraImages: [] },

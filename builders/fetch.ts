@@ -77,7 +77,11 @@ export function lockMatches(spec: ClusterSpec, lock: LockFile | undefined): lock
 /** Which upstream inputs the selected nodes need, for OS `version` (already resolved). */
 export function neededInputs(spec: ClusterSpec, version: string, targets?: readonly Target[], opts: { kubernetes?: boolean } = {}): InputSource[] {
   const nodes = spec.nodes.filter((n) => !targets?.length || targets.includes(targetOf(n)));
-  if (spec.os.base === 'hypriot') return nodes.length ? [hypriotInput(spec.sources, version)] : [];
+  if (spec.os.base === 'hypriot') {
+    if (!nodes.length) return [];
+    // HypriotOS is 32-bit arm: one image for every node, and the arm binaries when Kubernetes rides along.
+    return [hypriotInput(spec.sources, version), ...(opts.kubernetes ? kubernetesInputs(spec.sources, spec.kubernetes.version, 'arm') : [])];
+  }
   const out: InputSource[] = [];
   for (const arch of archesOf(nodes)) {
     const mine = nodes.filter((n) => n.arch === arch);

@@ -1,12 +1,15 @@
 // The plan stage: a pure, deterministic function from a ClusterSpec (and the lock, when there is one) to
 // the versioned BuildPlan: which nodes are built, with what addresses and versions, which artefacts
 // land in out/<cluster>/ and which upstream inputs that needs. No I/O.
-import { kubernetesApplies, sysextTreePath } from './kubernetes-content.ts';
+import { kubernetesApplies, kubernetesBinariesApply, sysextTreePath } from './kubernetes-content.ts';
+import { planRegistryBundle, type ImageOrigin } from './registry-content.ts';
 import { sysextFileName } from '../overlays/kubernetes/sysext.ts';
 import { bootstrapRole, type BootstrapRole } from '../overlays/kubernetes/kubeadm.ts';
+import { checkKubernetesBinariesPublished } from '../overlays/kubernetes/node-content.ts';
+import { planKubernetes } from '../overlays/kubernetes/plan.ts';
 import { flatcarFiles, flatcarInputId } from '../images/catalog/flatcar.ts';
 import { HYPRIOT_IMAGE_ID } from '../images/catalog/hypriot.ts';
-import { CNI_PLUGINS_VERSION, CRICTL_VERSION, kubernetesBinaries } from '../images/catalog/kubernetes.ts';
+import { CNI_PLUGINS_VERSION, crictlVersionFor, kubernetesBinaries } from '../images/catalog/kubernetes.ts';
 import { UsageError } from './errors.ts';
 import { servedPorts, withServedNodes } from './first-node.ts';
 import { firstNodeImages, portText, servingNode } from '../overlays/first-node/services.ts';
@@ -14,7 +17,7 @@ import { layout } from './layout.ts';
 import { apiServiceIp, clusterDnsIp } from './load/network.ts';
 import type { LockFile } from './lockfile.ts';
 import type { Arch, BootMode, ClusterSpec, Cni, FlatcarChannel, Hardware, NodeSpec, OsBase, Role, Target } from './spec.ts';
-import { currentVersion, ipxeBinaries, kubeadmImages, knownKubernetesRange, kubernetesPublishesArch, parseKubernetesVersion, rpi4FirmwareVersion } from './versions.ts';
+import { currentVersion, ipxeBinaries, kubeadmImages, knownKubernetesRange, parseKubernetesVersion, rpi4FirmwareVersion } from './versions.ts';
 
 export const planVersion = 1;
 
@@ -65,6 +68,7 @@ export interface BuildPlan {
   kubernetes: {
     version: string;
     cni: Cni;
+    /** Upstream refs: with the bootstrap, every image the cluster runs (kubeadm's, the CNI's, kube-vip); else kubeadm's list. */
     images: string[];
     /** Node name → how it joins on first boot (kubeadm init or join); null when the build carries no bootstrap. */
     bootstrap: Record<string, BootstrapRole> | null;
@@ -84,7 +88,22 @@ export interface BuildPlan {
     clusterDns: string;
     apiVip: string | null;
   };
-  registry: { mirror: boolean; extraImages: string[] };
+  registry: {
+    mirror: boolean;
+    extraImages: string[];
+    /** The bundled mirror: every image the cluster pulls, for the arches of its nodes, and where nodes reach it. */
+    bundle: {
+      images: Array<{ ref: string; origin: ImageOrigin }>;
+      arches: Arch[];
+      /** `ip:5000` of the first control-plane node, or null when no node can be pointed at it. */
+      address: string | null;
+      servedBy: string | null;
+      /** Why nodes pull from upstream although the images are bundled, else null. */
+      unserved: string | null;
+    } | null;
+    /** Why nothing is bundled (registry.mirror = false, no Kubernetes bootstrap), else null. */
+    bundleMissing: string | null;
+  };
   /** What the first node serves the netbooted nodes, where; null when it serves nothing ([first_node]). */
   firstNode: PlannedFirstNode | null;
   /** Per selected node (Flatcar clusters the first node serves): the ports its firewall opens, e.g. `tcp 6443`. */
@@ -118,14 +137,19 @@ export function nodeTarget(node: Pick<NodeSpec, 'boot' | 'hardware'>): Target {
 
 export function planBuild(spec: ClusterSpec, opts: PlanOptions = {}): BuildPlan {
   const selected = withServedNodes(spec, selectNodes(spec, opts));
+  // Before anything else: a version with no binaries for a node's arch is a config error, not a build without them.
+  checkKubernetesBinariesPublished(spec, selected);
   const warnings: string[] = [];
   const os = resolveOs(spec, opts.lock, warnings);
   const k = parseKubernetesVersion(spec.kubernetes.version);
   if (!k) throw new Error(`unvalidated Kubernetes version ${spec.kubernetes.version}`);
-  const images = kubeadmImages(k);
+  const { images: bootstrapImages, ...bootstrap } = bootstrapOf(spec, selected);
+  // With the bootstrap, every image the cluster runs (checked: known tags, a bundled CNI); without it, kubeadm's own list.
+  const images = bootstrapImages ?? kubeadmImages(k);
   if (!images) {
     warnings.push(`no known kubeadm image tags for Kubernetes ${spec.kubernetes.version} (known: ${knownKubernetesRange()}); the image list is empty`);
   }
+  if (bootstrap.bootstrapMissing) warnings.push(`no Kubernetes bootstrap: ${bootstrap.bootstrapMissing}`);
   const targets = opts.targets?.length ? [...new Set(opts.targets)].sort() : null;
   const nodeNames = opts.nodes?.length ? [...new Set(opts.nodes)].sort() : null;
   return {
@@ -137,7 +161,7 @@ export function planBuild(spec: ClusterSpec, opts: PlanOptions = {}): BuildPlan 
       version: spec.kubernetes.version,
       cni: spec.kubernetes.cni,
       images: images ?? [],
-      ...bootstrapOf(spec, selected),
+      ...bootstrap,
     },
     network: {
       addressing: spec.network.nodeCidr ? 'static' : 'dhcp',
@@ -150,12 +174,28 @@ export function planBuild(spec: ClusterSpec, opts: PlanOptions = {}): BuildPlan 
       clusterDns: clusterDnsIp(spec.network.serviceCidr),
       apiVip: spec.network.vip ?? null,
     },
-    registry: { mirror: spec.registry.mirror, extraImages: [...spec.registry.extraImages] },
+    registry: { mirror: spec.registry.mirror, extraImages: [...spec.registry.extraImages], ...registryBundleOf(spec, selected) },
     ...planFirstNode(spec, selected),
     nodes: selected.map(planNode),
     artefacts: planArtefacts(spec, selected, os.version),
-    inputs: planInputs(spec, selected, os.version, warnings),
+    inputs: planInputs(spec, selected, os.version),
     warnings,
+  };
+}
+
+function registryBundleOf(spec: ClusterSpec, nodes: NodeSpec[]): Pick<BuildPlan['registry'], 'bundle' | 'bundleMissing'> {
+  const r = planRegistryBundle(spec, nodes);
+  if (!r.ok) return { bundle: null, bundleMissing: r.reason };
+  const p = r.plan.placement;
+  return {
+    bundle: {
+      images: r.plan.images.map((i) => ({ ref: i.ref, origin: i.origin })),
+      arches: r.plan.arches,
+      address: p.kind === 'served' ? p.address : null,
+      servedBy: p.kind === 'served' ? p.node : null,
+      unserved: p.kind === 'unserved' ? p.reason : null,
+    },
+    bundleMissing: null,
   };
 }
 
@@ -274,7 +314,7 @@ function planArtefacts(spec: ClusterSpec, nodes: NodeSpec[], osVersion: string):
   return out.sort(byPath);
 }
 
-function planInputs(spec: ClusterSpec, nodes: NodeSpec[], osVersion: string, warnings: string[]): PlannedInput[] {
+function planInputs(spec: ClusterSpec, nodes: NodeSpec[], osVersion: string): PlannedInput[] {
   const out: PlannedInput[] = [];
   const add = (id: string, description: string, version: string, arch?: Arch) => {
     if (!out.some((i) => i.id === id)) out.push({ id, description, version, ...(arch && { arch }) });
@@ -298,16 +338,13 @@ function planInputs(spec: ClusterSpec, nodes: NodeSpec[], osVersion: string, war
       add('rpi4-uefi-firmware-arm64', 'Raspberry Pi 4 UEFI firmware (pftf/RPi4 release zip)', rpi4FirmwareVersion, 'arm64');
     }
   }
-  const k = parseKubernetesVersion(spec.kubernetes.version)!;
-  const bare = spec.kubernetes.version.replace(/^v/, '');
-  for (const arch of archesOf(nodes)) {
-    if (!kubernetesPublishesArch(k, arch)) {
-      warnings.push(`Kubernetes ${spec.kubernetes.version} publishes no linux/${arch} kubelet or kubeadm (32-bit arm ended with v1.26); ${arch} nodes get no Kubernetes binaries`);
-      continue;
+  if (kubernetesBinariesApply(spec, nodes)) {
+    const bare = spec.kubernetes.version.replace(/^v/, '');
+    for (const arch of archesOf(nodes)) {
+      for (const name of kubernetesBinaries) add(`kubernetes-${name}-${arch}`, `Kubernetes ${name} (dl.k8s.io) and its .sha256`, bare, arch);
+      add(`crictl-${arch}`, 'crictl (cri-tools release tarball)', crictlVersionFor(arch), arch);
+      add(`cni-plugins-${arch}`, 'CNI plugins (containernetworking/plugins release tarball)', CNI_PLUGINS_VERSION, arch);
     }
-    for (const name of kubernetesBinaries) add(`kubernetes-${name}-${arch}`, `Kubernetes ${name} (dl.k8s.io) and its .sha256`, bare, arch);
-    add(`crictl-${arch}`, 'crictl (cri-tools release tarball)', CRICTL_VERSION, arch);
-    add(`cni-plugins-${arch}`, 'CNI plugins (containernetworking/plugins release tarball)', CNI_PLUGINS_VERSION, arch);
   }
   return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
@@ -317,21 +354,32 @@ export function planToJson(plan: BuildPlan): string {
   return `${JSON.stringify(plan, null, 2)}\n`;
 }
 
-/** A human summary: versions, network, a node table, artefacts and inputs. */
-/** How each selected node joins the cluster on first boot, or why the images carry no Kubernetes bootstrap. */
-function bootstrapOf(spec: ClusterSpec, nodes: NodeSpec[]): { bootstrap: Record<string, BootstrapRole> | null; bootstrapMissing: string | null } {
+/**
+ * How each selected node joins the cluster on first boot and every image the cluster runs (throwing
+ * InputError for what cannot be bootstrapped as configured), or why the images carry no bootstrap.
+ */
+function bootstrapOf(
+  spec: ClusterSpec,
+  nodes: NodeSpec[],
+): { bootstrap: Record<string, BootstrapRole> | null; bootstrapMissing: string | null; images?: string[] } {
   const k = kubernetesApplies(spec, nodes);
   if (!k.ok) return { bootstrap: null, bootstrapMissing: k.reason };
-  return { bootstrap: Object.fromEntries(nodes.map((n) => [n.name, bootstrapRole(spec, n)])), bootstrapMissing: null };
+  const planned = planKubernetes(spec);
+  return {
+    bootstrap: Object.fromEntries(nodes.map((n) => [n.name, bootstrapRole(spec, n)])),
+    bootstrapMissing: null,
+    images: planned.images.map((i) => i.upstream),
+  };
 }
 
+/** A human summary: versions, network, the bootstrap, a node table, images, artefacts and inputs. */
 export function formatPlan(plan: BuildPlan): string {
   const lines: string[] = [];
   const os = [plan.os.base, plan.os.channel, plan.os.version].filter(Boolean).join(' ');
   const net = plan.network;
   lines.push(`cluster ${plan.cluster}`);
   lines.push(`  os          ${os}${plan.os.locked ? ' (from bramble.lock)' : ''}`);
-  lines.push(`  kubernetes  ${plan.kubernetes.version}, cni ${plan.kubernetes.cni}, ${plan.kubernetes.images.length} kubeadm images`);
+  lines.push(`  kubernetes  ${plan.kubernetes.version}, cni ${plan.kubernetes.cni}, ${plan.kubernetes.images.length} images`);
   lines.push(
     `  network     ${net.addressing === 'static' ? `static ${net.nodeCidr}${net.gateway ? ` via ${net.gateway}` : ''}` : 'DHCP'}` +
       `${net.dns.length ? `, dns ${net.dns.join(' ')}` : ''}${net.apiVip ? `, api vip ${net.apiVip}` : ''}`,
@@ -340,9 +388,9 @@ export function formatPlan(plan: BuildPlan): string {
   lines.push(`  services    ${net.serviceCidr} (api ${net.apiServiceIp}, dns ${net.clusterDns})`);
   const boot = plan.kubernetes.bootstrap;
   lines.push(
-    `  bootstrap   ${boot ? Object.entries(boot).map(([n, r]) => `${n}: kubeadm ${r.replace('-', ' ')}`).join(', ') : `none (${plan.kubernetes.bootstrapMissing})`}`,
+    `  bootstrap   ${boot ? Object.entries(boot).map(([n, r]) => `${n}: kubeadm ${r.replace('-', ' ')}`).join(', ') : 'none (see the warning below)'}`,
   );
-  lines.push(`  registry    ${plan.registry.mirror ? 'mirror requested, not bundled yet: nodes pull from upstream registries' : 'no mirror'}${plan.registry.extraImages.length ? `, ${plan.registry.extraImages.length} extra images` : ''}`);
+  lines.push(`  registry    ${registryLine(plan.registry)}`);
   if (plan.selection.targets || plan.selection.nodes) {
     lines.push(`  selected    ${[plan.selection.targets && `targets ${plan.selection.targets.join(' ')}`, plan.selection.nodes && `nodes ${plan.selection.nodes.join(' ')}`].filter(Boolean).join('; ')}`);
   }
@@ -356,10 +404,23 @@ export function formatPlan(plan: BuildPlan): string {
   );
   lines.push('', `artefacts (${plan.artefacts.length}) in out/${plan.cluster}/`);
   lines.push(...table(['PATH', 'KIND', 'NODE', 'SECRET'], plan.artefacts.map((a) => [a.path, a.kind, a.node ?? '-', a.secret ? 'yes' : ''])));
+  // With a bundled mirror its table lists the images (and where they go); else the plain list.
+  if (!plan.registry.bundle) lines.push('', `images (${plan.kubernetes.images.length})`, ...plan.kubernetes.images.map((i) => `  ${i}`));
+  if (plan.registry.bundle) {
+    lines.push('', `images (${plan.registry.bundle.images.length}) in out/${plan.cluster}/${layout.registryDir}/ and ${layout.ociArchive('<arch>')}`);
+    lines.push(...table(['IMAGE', 'FOR'], plan.registry.bundle.images.map((i) => [i.ref, i.origin])));
+  }
   lines.push('', `inputs (${plan.inputs.length})`);
   lines.push(...table(['ID', 'VERSION', 'WHAT'], plan.inputs.map((i) => [i.id, i.version, i.description])));
   if (plan.warnings.length) lines.push('', 'warnings', ...plan.warnings.map((w) => `  ! ${w}`));
   return `${lines.join('\n')}\n`;
+}
+
+function registryLine(r: BuildPlan['registry']): string {
+  if (!r.bundle) return `no mirror bundled: ${r.bundleMissing}`;
+  const b = r.bundle;
+  const where = b.address ? `served by ${b.servedBy} at ${b.address}, every node pulls through it` : `NOT served: ${b.unserved}; nodes pull from upstream registries`;
+  return `mirror of ${b.images.length} images for ${b.arches.join(' ')}, ${where}`;
 }
 
 function formatFirstNode(f: PlannedFirstNode, firewall: Record<string, string[]>): string[] {

@@ -19,6 +19,17 @@ export function defaultOsVersion(base: OsBase): string {
 /** A recent patch whose kubeadm image tags are known (kubernetes-and-registry.md §2.2). */
 export const defaultKubernetesVersion = 'v1.33.4';
 
+/**
+ * The last Kubernetes release with linux/arm (32-bit) kubelet and kubeadm: v1.26's final patch
+ * (kubernetes/kubernetes#115742 stopped those builds with v1.27; only kubectl is still built for arm).
+ */
+export const lastArmKubernetesVersion = 'v1.26.15';
+
+/** What an absent `[kubernetes] version` means: HypriotOS is 32-bit arm, so it gets the last release built for it. */
+export function defaultKubernetesVersionFor(base: OsBase): string {
+  return base === 'hypriot' ? lastArmKubernetesVersion : defaultKubernetesVersion;
+}
+
 /** pftf/RPi4 UEFI firmware release put on rpi4 ESPs (base-images.md §11: latest tag v1.50). */
 export const rpi4FirmwareVersion = '1.50';
 
@@ -43,8 +54,9 @@ export function parseKubernetesVersion(v: string): KubernetesVersion | undefined
 }
 
 /**
- * Kubernetes stopped publishing linux/arm (32-bit) server binaries with v1.27 (kubernetes/kubernetes#115742),
- * and crictl followed; HypriotOS nodes are 32-bit, so they only get Kubernetes binaries up to v1.26.
+ * Kubernetes stopped publishing linux/arm (32-bit) kubelet and kubeadm with v1.27 (kubernetes/kubernetes#115742),
+ * and cri-tools stopped with v1.29 (kubernetes-sigs/cri-tools#1308); HypriotOS nodes are 32-bit, so they only
+ * get Kubernetes binaries up to v1.26.
  */
 export function kubernetesPublishesArch(k: KubernetesVersion, arch: Arch): boolean {
   return arch !== 'arm' || (k.major === 1 && k.minor < 27);

@@ -279,3 +279,20 @@ export async function ext4DataRanges(image: string, at: Ext4Location, opts: { si
   }
   return alignRanges(found, Number.MAX_SAFE_INTEGER);
 }
+
+export interface Ext4Space {
+  blockSize: number;
+  freeBlocks: number;
+  freeInodes: number;
+}
+
+/** Block size, free blocks and free inodes of an ext4 filesystem inside an image, from its superblock (`dumpe2fs -h`). */
+export async function ext4Space(image: string, at: Ext4Location, opts: { signal?: AbortSignal } = {}): Promise<Ext4Space> {
+  const { stdout } = await run('dumpe2fs', ['-h', device(image, at)], { signal: opts.signal });
+  const field = (name: string) => {
+    const m = new RegExp(`^${name}:\\s+(\\d+)$`, 'm').exec(stdout);
+    if (!m) throw new InputError(`no ext4 filesystem at byte ${at.offset} of ${image} (dumpe2fs shows no "${name}")`);
+    return Number(m[1]);
+  };
+  return { blockSize: field('Block size'), freeBlocks: field('Free blocks'), freeInodes: field('Free inodes') };
+}

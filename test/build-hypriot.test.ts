@@ -1,7 +1,8 @@
 // HypriotOS images (issue: os.base = "hypriot"): the NoCloud seed rendered from the same provisioning
 // spec as Ignition, checked by cloud-init's own schema checker, written into the FAT boot partition
 // with mtools; the MBR (and its disk signature, which cmdline.txt names) and every byte outside the
-// FAT partition stay as they were.
+// FAT and root partitions stay as they were (the root gets the Kubernetes binaries, see
+// kubernetes-hypriot.test.ts).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -13,7 +14,7 @@ import { parse as parseYaml } from 'yaml';
 import { run } from '../builders/exec.ts';
 import type { Manifest } from '../builders/output.ts';
 import { readFatFile } from '../images/fat.ts';
-import { MBR_FAT_TYPES, mbrPartitionBytes, readMbr } from '../images/mbr.ts';
+import { MBR_FAT_TYPES, MBR_LINUX_TYPE, mbrPartitionBytes, readMbr } from '../images/mbr.ts';
 import { extractPartition } from '../images/partition.ts';
 import { testCacheRoot } from '../scripts/fixtures/cache.ts';
 import { getFixture } from './helpers/fixture.ts';
@@ -102,10 +103,11 @@ test('hypriot: the seed read back from the image equals the rendered files; fsck
   }
 });
 
-test('hypriot: the MBR, its disk signature and every byte outside the FAT partition equal the base image', async () => {
+test('hypriot: the MBR, its disk signature and every byte outside the FAT and root partitions equal the base image', async () => {
   const baseMbr = await readMbr(baseImage);
-  const bootPart = baseMbr.partitions.find((p) => MBR_FAT_TYPES.has(p.type))!;
-  const { offset, size } = mbrPartitionBytes(bootPart);
+  // The seed goes into the FAT partition, the Kubernetes binaries into the ext4 root: the only bytes the build may change.
+  const edited = baseMbr.partitions.filter((p) => MBR_FAT_TYPES.has(p.type) || p.type === MBR_LINUX_TYPE).map(mbrPartitionBytes);
+  assert.equal(edited.length, 2);
   for (const n of nodes) {
     const image = join(clusterDir, `images/${n}.img`);
     const mbr = await readMbr(image);
@@ -115,23 +117,23 @@ test('hypriot: the MBR, its disk signature and every byte outside the FAT partit
     try {
       const sa = (await a.stat()).size;
       assert.equal((await b.stat()).size, sa);
+      // [start, end) ranges outside the edited partitions.
+      const kept: Array<[number, number]> = [];
+      let at = 0;
+      for (const { offset, size } of [...edited].sort((x, y) => x.offset - y.offset)) {
+        if (offset > at) kept.push([at, offset]);
+        at = Math.max(at, offset + size);
+      }
+      if (at < sa) kept.push([at, sa]);
       const chunk = 1 << 22;
       const ba = Buffer.alloc(chunk);
       const bb = Buffer.alloc(chunk);
-      for (let at = 0; at < sa; at += chunk) {
-        const end = Math.min(sa, at + chunk);
-        // Skip the FAT partition: the only bytes the build may change.
-        if (end <= offset || at >= offset + size) {
-          await a.read(ba, 0, end - at, at);
-          await b.read(bb, 0, end - at, at);
-          assert.ok(ba.subarray(0, end - at).equals(bb.subarray(0, end - at)), `${n}: bytes differ in [${at}, ${end})`);
-        } else {
-          for (const [s, e] of [[at, Math.max(at, offset)], [Math.min(end, offset + size), end]] as const) {
-            if (e <= s) continue;
-            await a.read(ba, 0, e - s, s);
-            await b.read(bb, 0, e - s, s);
-            assert.ok(ba.subarray(0, e - s).equals(bb.subarray(0, e - s)), `${n}: bytes differ in [${s}, ${e})`);
-          }
+      for (const [s0, e0] of kept) {
+        for (let s = s0; s < e0; s += chunk) {
+          const e = Math.min(e0, s + chunk);
+          await a.read(ba, 0, e - s, s);
+          await b.read(bb, 0, e - s, s);
+          assert.ok(ba.subarray(0, e - s).equals(bb.subarray(0, e - s)), `${n}: bytes differ in [${s}, ${e})`);
         }
       }
     } finally {

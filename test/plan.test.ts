@@ -141,10 +141,11 @@ describe('plan contents', () => {
     assert.match(p.warnings.join('\n'), /no known kubeadm image tags for Kubernetes v1\.26\.15/);
   });
 
-  it('warns that 32-bit arm has no Kubernetes binaries after v1.26', () => {
+  it('gives a HypriotOS cluster with no [kubernetes] version the last 32-bit arm release, v1.26.15', () => {
     const p = planBuild(defaultCluster('rpi3'));
-    assert.ok(!p.inputs.some((i) => i.id.startsWith('kubernetes-')));
-    assert.match(p.warnings.join('\n'), /publishes no linux\/arm kubelet/);
+    assert.equal(p.kubernetes.version, 'v1.26.15');
+    assert.ok(p.inputs.some((i) => i.id === 'kubernetes-kubelet-arm' && i.version === '1.26.15'));
+    assert.match(p.warnings.join('\n'), /no Kubernetes bootstrap: HypriotOS nodes get the Kubernetes v1\.26\.15 binaries/);
   });
 });
 

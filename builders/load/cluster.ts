@@ -6,6 +6,7 @@ import {
   defaultFlatcarChannel,
   defaultHypriotVersion,
   defaultKubernetesVersion,
+  defaultKubernetesVersionFor,
   defaultOsVersion,
   flatcarChannels,
   parseKubernetesVersion,
@@ -58,7 +59,7 @@ export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: st
   }
 
   const os = readOs(section(t, 'os'), p);
-  const kubernetes = readKubernetes(section(t, 'kubernetes'), p);
+  const kubernetes = readKubernetes(section(t, 'kubernetes'), os.base, p);
 
   const ssh = section(t, 'ssh');
   const authorizedKeys: string[] = [];
@@ -158,8 +159,8 @@ function readOs(t: TomlTable, p: Problems) {
   return { base, baseKnown, channel, version };
 }
 
-function readKubernetes(t: TomlTable, p: Problems): ClusterSpec['kubernetes'] {
-  let version = defaultKubernetesVersion;
+function readKubernetes(t: TomlTable, base: OsBase, p: Problems): ClusterSpec['kubernetes'] {
+  let version = defaultKubernetesVersionFor(base);
   if (typeof t.version === 'string') {
     const k = parseKubernetesVersion(t.version);
     if (k) version = `v${k.major}.${k.minor}.${k.patch}`;

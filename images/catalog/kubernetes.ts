@@ -5,6 +5,16 @@ import { bareVersion, joinUrl, type InputSource } from './input.ts';
 
 /** Default crictl release (cri-tools publishes one per Kubernetes minor). */
 export const CRICTL_VERSION = '1.33.0';
+/**
+ * crictl for 32-bit arm nodes: cri-tools stopped building linux/arm with v1.29
+ * (kubernetes-sigs/cri-tools#1308), and arm nodes run Kubernetes v1.26 at the latest, so its minor's release.
+ */
+export const ARM_CRICTL_VERSION = '1.26.1';
+
+/** The crictl release nodes of `arch` get. */
+export function crictlVersionFor(arch: Arch): string {
+  return arch === 'arm' ? ARM_CRICTL_VERSION : CRICTL_VERSION;
+}
 /** Default containernetworking/plugins release. */
 export const CNI_PLUGINS_VERSION = '1.7.1';
 
@@ -19,7 +29,7 @@ export function kubernetesBinaryInput(sources: Pick<Sources, 'kubernetes'>, vers
 }
 
 /** `{github}/kubernetes-sigs/cri-tools/releases/download/v{ver}/crictl-v{ver}-linux-{arch}.tar.gz` (+ `.sha256`, bare hex). */
-export function crictlInput(sources: Pick<Sources, 'github'>, arch: Arch, version = CRICTL_VERSION): InputSource {
+export function crictlInput(sources: Pick<Sources, 'github'>, arch: Arch, version = crictlVersionFor(arch)): InputSource {
   const v = bareVersion(version);
   const url = joinUrl(sources.github, 'kubernetes-sigs', 'cri-tools', 'releases', 'download', `v${v}`, `crictl-v${v}-linux-${arch}.tar.gz`);
   return { id: `crictl-${arch}`, url, version: v, check: { kind: 'checksum-file', url: `${url}.sha256`, algorithm: 'sha256' } };

@@ -40,16 +40,17 @@ export interface ControlPlaneEndpoint {
 }
 
 /**
- * Where every node reaches the API: the VIP when network.vip is set, else the first control-plane
+ * Where every node reaches the API: the VIP when network.api_vip is set, else the first control-plane
  * node's static IP. Without either no node could know it at build time.
  */
 export function controlPlaneEndpoint(spec: ClusterSpec): ControlPlaneEndpoint {
   const first = firstControlPlane(spec);
   const host = spec.network.vip ?? first.ip;
   if (!host) {
-    throw new InputError(`cluster "${spec.name}": the Kubernetes API endpoint is unknown: network.vip is not set and control-plane node "${first.name}" has no static ip`, {
-      hint: `set [network] vip, or give node "${first.name}" an ip (with [network] node_cidr)`,
-    });
+    const hint = spec.network.nodeCidr
+      ? `set [network] api_vip to a free address of ${spec.network.nodeCidr}, or give node "${first.name}" an ip`
+      : `set [network] node_cidr to the nodes' subnet (with gateway and dns): every node then gets a static address and "${first.name}"'s becomes the API endpoint; add api_vip for a virtual IP`;
+    throw new InputError(`cluster "${spec.name}": the Kubernetes API endpoint is unknown: network.api_vip is not set and control-plane node "${first.name}" has no static ip`, { hint });
   }
   const address = ipaddr.isValid(host) && ipaddr.parse(host).kind() === 'ipv6' ? `[${host}]:${API_SERVER_PORT}` : `${host}:${API_SERVER_PORT}`;
   return { host, port: API_SERVER_PORT, address };

@@ -4,7 +4,7 @@
 // first control-plane node also applies the CNI manifest; with a VIP, control planes run kube-vip.
 import { InputError } from '../../builders/errors.ts';
 import type { ClusterSpec, NodeSpec } from '../../builders/spec.ts';
-import { kubernetesPublishesArch } from '../../builders/versions.ts';
+import { kubernetesPublishesArch, lastArmKubernetesVersion } from '../../builders/versions.ts';
 import { addDirectory, addFile, addLink, addUnit, cloneSpec, FLATCAR_USER, type ProvisioningSpec } from '../provision.ts';
 import { renderFlannelManifest } from './flannel.ts';
 import { cniImages, kubeadmImages, kubeVipImage, normaliseKubernetesVersion } from './images.ts';
@@ -55,17 +55,29 @@ export interface KubernetesNodeContext {
 }
 
 /**
- * Checks, at plan time, that the node can run Kubernetes as bramble bundles it: Flatcar only
- * (the HypriotOS base is 32-bit arm, for which Kubernetes publishes no binaries since v1.27, older
- * than every version with a known image list).
+ * Checks, at plan time, that upstream publishes kubelet and kubeadm for every node's arch: HypriotOS
+ * nodes are 32-bit arm, for which Kubernetes built them up to v1.26 only. Names the nodes and the fix.
+ */
+export function checkKubernetesBinariesPublished(spec: ClusterSpec, nodes: readonly NodeSpec[]): void {
+  const { text, parsed } = normaliseKubernetesVersion(spec.kubernetes.version);
+  const unserved = nodes.filter((n) => !kubernetesPublishesArch(parsed, n.arch));
+  if (unserved.length === 0) return;
+  const arch = unserved[0]!.arch;
+  const names = unserved.filter((n) => n.arch === arch).map((n) => `"${n.name}"`);
+  throw new InputError(`${names.length === 1 ? 'node' : 'nodes'} ${names.join(', ')}: Kubernetes ${text} publishes no linux/${arch} kubelet or kubeadm (32-bit arm builds ended with v1.26)`, {
+    hint:
+      spec.os.base === 'hypriot'
+        ? `set [kubernetes] version = "${lastArmKubernetesVersion}", the last release built for arm (HypriotOS nodes get its binaries under /opt/bin), or use os.base = "flatcar" with hardware = "rpi4" (arm64)`
+        : 'use arm64 or amd64 hardware',
+  });
+}
+
+/**
+ * Checks that the node can run Kubernetes as bramble bootstraps it: binaries published for its
+ * arch, and Flatcar (HypriotOS nodes get the binaries but no bootstrap, see kubernetesApplies).
  */
 export function checkNodeKubernetes(spec: ClusterSpec, node: NodeSpec): void {
-  const { text, parsed } = normaliseKubernetesVersion(spec.kubernetes.version);
-  if (!kubernetesPublishesArch(parsed, node.arch)) {
-    throw new InputError(`node "${node.name}": Kubernetes ${text} publishes no linux/${node.arch} kubelet, kubeadm or kubectl (32-bit arm builds ended with v1.26)`, {
-      hint: 'use os.base = "flatcar" (arm64) for Raspberry Pi Kubernetes nodes',
-    });
-  }
+  checkKubernetesBinariesPublished(spec, [node]);
   if (spec.os.base !== 'flatcar') {
     throw new InputError(`node "${node.name}": bramble bundles Kubernetes for Flatcar nodes only, not for os.base = "${spec.os.base}"`, {
       hint: 'use os.base = "flatcar"',

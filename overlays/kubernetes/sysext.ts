@@ -218,7 +218,7 @@ export async function listTarballSafely(tgz: string, signal?: AbortSignal): Prom
  * Extracts the top-level executable regular files of a release tarball (`crictl`, `./bridge`, …),
  * leaving out docs and refusing links, so nothing in the archive can point outside the image.
  */
-async function extractExecutables(tgz: string, dir: string, signal?: AbortSignal): Promise<Map<string, string>> {
+export async function extractExecutables(tgz: string, dir: string, signal?: AbortSignal): Promise<Map<string, string>> {
   const names = await listTarballSafely(tgz, signal);
   const topLevel = names.filter((n) => /^(\.\/)?[^/]+$/.test(n) && n !== '.' && n !== './');
   await mkdir(dir, { recursive: true });
