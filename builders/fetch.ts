@@ -24,6 +24,8 @@ import type { InputSource } from '../images/catalog/input.ts';
 import { ipxeInputs, rpi4FirmwareInput } from '../images/catalog/boot-firmware.ts';
 import { kubernetesInputs } from '../images/catalog/kubernetes.ts';
 import { rpi4FirmwareVersion } from './versions.ts';
+import type { PulledImage } from '../images/registry/types.ts';
+import { IMAGE_LOCK_PREFIX, planRegistryBundle, pullBundleImages, type RegistryBundleDecision } from './registry-content.ts';
 
 export interface FetchedInput {
   id: string;
@@ -56,6 +58,10 @@ export interface FetchOptions {
 export interface FetchResult {
   lock: LockFile;
   inputs: Map<string, FetchedInput>;
+  /** Whether the cluster's container images are bundled (with the Kubernetes bootstrap), and which. */
+  registry: RegistryBundleDecision;
+  /** The bundled images, pulled into the registry blob store; empty when not bundled. */
+  images: PulledImage[];
 }
 
 export const LOCK_VERSION = 1;
@@ -123,7 +129,13 @@ export async function fetchInputs(spec: ClusterSpec, opts: FetchOptions): Promis
       const locked = lock?.inputs.find((i) => i.id === source.id);
       inputs.set(source.id, await fetchInput(cache, source, { ...ctx, keys, locked }));
     }
-    return { lock: nextLock(spec, version, lock, inputs), inputs };
+    // Container images for the registry mirror, pinned by digest in the lock (even one made for another OS).
+    const nodes = spec.nodes.filter((n) => !opts.targets?.length || opts.targets.includes(targetOf(n)));
+    const registry: RegistryBundleDecision = opts.kubernetes ? planRegistryBundle(spec, nodes) : { ok: false, reason: 'the build carries no Kubernetes' };
+    const pulled = registry.ok
+      ? await pullBundleImages(registry.plan, { spec, cacheDir: opts.cacheDir, lock: opts.lock, offline: opts.offline, signal: opts.signal, events: opts.events })
+      : undefined;
+    return { lock: nextLock(spec, version, lock, inputs, pulled?.locked), inputs, registry, images: pulled?.images ?? [] };
   } catch (e) {
     return withContext(e, 'fetch');
   }
@@ -147,10 +159,11 @@ async function resolveOsVersion(spec: ClusterSpec, lock: LockFile | undefined, t
   return version;
 }
 
-function nextLock(spec: ClusterSpec, version: string, previous: LockFile | undefined, fetched: Map<string, FetchedInput>): LockFile {
+function nextLock(spec: ClusterSpec, version: string, previous: LockFile | undefined, fetched: Map<string, FetchedInput>, images?: LockedInput[]): LockFile {
   const byId = new Map<string, LockedInput>();
-  // Inputs of nodes outside this run's targets stay pinned.
-  for (const i of previous?.inputs ?? []) byId.set(i.id, i);
+  // Inputs of nodes outside this run's targets stay pinned; pulled images replace the old image list.
+  for (const i of previous?.inputs ?? []) if (!images || !i.id.startsWith(IMAGE_LOCK_PREFIX)) byId.set(i.id, i);
+  for (const i of images ?? []) byId.set(i.id, i);
   for (const f of fetched.values()) {
     byId.set(f.id, { id: f.id, url: f.url, version: f.version, sha256: f.sha256, size: f.size, verifiedWith: f.verifiedWith });
   }

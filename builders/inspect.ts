@@ -9,6 +9,7 @@ import { MBR_FAT_TYPES, MBR_TYPE_GPT_PROTECTIVE, mbrPartitionBytes, readMbr } fr
 import { InputError } from './errors.ts';
 import { layout } from './layout.ts';
 import type { Manifest } from './output.ts';
+import { describeMirror, IMAGE_LOCK_PREFIX } from './registry-content.ts';
 
 export interface InspectOptions {
   json: boolean;
@@ -37,19 +38,34 @@ async function inspectOutDir(dir: string, o: InspectOptions): Promise<string> {
       hint: 'give an out/<cluster> directory of a finished build (a build that failed or is running has no manifest)',
     });
   }
-  if (o.json) return JSON.stringify(manifest, null, 2) + '\n';
+  const mirror = await describeMirror(dir, manifest);
+  if (o.json) return JSON.stringify(mirror ? { ...manifest, mirror } : manifest, null, 2) + '\n';
   const lines = [`cluster ${manifest.cluster} (${manifest.generator}, SOURCE_DATE_EPOCH ${manifest.sourceDateEpoch})`, '', 'nodes:'];
   for (const n of manifest.nodes) {
     lines.push(`  ${n.name.padEnd(20)} ${n.role.padEnd(14)} ${n.hardware.padEnd(10)} ${n.boot.padEnd(5)} ${n.arch.padEnd(6)} ${n.mac ?? '-'}  ${n.ip ?? 'dhcp'}`);
   }
   lines.push('', 'artefacts:');
   let total = 0;
+  const registryFiles = manifest.artefacts.filter((a) => a.path.startsWith(`${layout.registryDir}/`));
   for (const a of manifest.artefacts) {
     total += a.size;
+    // The mirror's tree is hundreds of blob and link files: summarised below.
+    if (a.path.startsWith(`${layout.registryDir}/`)) continue;
     lines.push(`  ${a.path.padEnd(52)} ${a.kind.padEnd(12)} ${mib(a.size).padStart(11)}${a.secret ? '  secret' : ''}`);
   }
-  lines.push(`  ${manifest.artefacts.length} files, ${mib(total)} apparent`, '', 'inputs:');
-  for (const i of manifest.inputs) lines.push(`  ${i.id.padEnd(28)} ${i.version.padEnd(12)} sha256:${i.sha256.slice(0, 16)}…  ${i.url}`);
+  if (registryFiles.length) {
+    lines.push(`  ${`${layout.registryDir}/ (registry storage tree, ${registryFiles.length} files)`.padEnd(52)} ${'bundle'.padEnd(12)} ${mib(registryFiles.reduce((n, a) => n + a.size, 0)).padStart(11)}`);
+  }
+  lines.push(`  ${manifest.artefacts.length} files, ${mib(total)} apparent`);
+  if (mirror) {
+    lines.push('', `registry mirror: ${mirror.images.length} images for ${mirror.arches.join(' ')}, ${mirror.blobs} unique blobs, ${mirror.uniqueBytes} bytes (${mib(mirror.uniqueBytes)})`);
+    for (const i of mirror.images) {
+      lines.push(`  ${i.ref}`, `      ${'top'.padEnd(14)} ${i.digest}`);
+      for (const p of i.platforms) lines.push(`      ${p.platform.padEnd(14)} ${p.digest}`);
+    }
+  }
+  lines.push('', 'inputs:');
+  for (const i of manifest.inputs.filter((x) => !mirror || !x.id.startsWith(IMAGE_LOCK_PREFIX))) lines.push(`  ${i.id.padEnd(28)} ${i.version.padEnd(12)} sha256:${i.sha256.slice(0, 16)}…  ${i.url}`);
   return lines.join('\n') + '\n';
 }
 

@@ -9,6 +9,7 @@ import { PLAIN_BIN_DIR, PLAIN_CNI_DIR, plainBinaryEntries } from '../overlays/ku
 import { buildKubernetesSysext, sysextFileName, sysextPathOnNode, type SysextBinaries } from '../overlays/kubernetes/sysext.ts';
 import type { Ext4Entry } from '../images/ext4.ts';
 import type { ProvisioningSpec } from '../overlays/provision.ts';
+import type { MirrorBundle } from './registry-content.ts';
 import { pxeHttpBase } from './assemble-pxe.ts';
 import { BrambleError } from './errors.ts';
 import type { FetchedInput } from './fetch.ts';
@@ -81,6 +82,8 @@ export interface BuiltSysextForArch {
 export interface KubernetesBundle {
   pki: Pki;
   sysexts: Map<Arch, BuiltSysextForArch>;
+  /** The bundled registry mirror, when the build carries one. */
+  mirror?: MirrorBundle;
 }
 
 function need(inputs: Map<string, FetchedInput>, id: string): string {

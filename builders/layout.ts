@@ -27,6 +27,11 @@ export const layout = {
   dnsmasqConf: 'pxe/dnsmasq.conf',
   dnsmasqProxyConf: 'pxe/dnsmasq-proxy.conf',
 
+  /** The registry mirror: distribution (registry:2) filesystem storage; serve with rootdirectory = this dir. */
+  registryDir: 'registry',
+  /** Per-arch OCI image layout archives for `ctr -n k8s.io images import --platform linux/<arch>`. */
+  ociArchive: (arch: string) => `oci/${arch}.oci.tar`,
+
   /** Build-time PKI (secret, 0700 dir, 0600 files). */
   pkiDir: 'pki',
 

@@ -1,0 +1,340 @@
+// Wires the bundled registry mirror into a build (kubernetes-and-registry.md §2, §4–§6, §9):
+//   plan   — which images the cluster pulls (kubeadm's for the exact patch version, the CNI's,
+//            kube-vip with a VIP, the registry server itself, registry.extra_images), for which
+//            arches (those of the cluster's nodes), and whether the nodes can reach the mirror;
+//   fetch  — pulls them into the blob store, pinned by bramble.lock so `--offline` needs no network;
+//   bundle — writes out/<cluster>/registry (distribution storage, blobs hardlinked from the store)
+//            and out/<cluster>/oci/<arch>.oci.tar, and the first control-plane node's ROOT files;
+//   render — every node's hosts.toml, the serving node's registry config and units.
+// The mirror is the first control-plane node's static address, port 5000. Without a static address,
+// or when that node netboots (nothing to put on ROOT), the bundle is still written to out/ but no
+// node is pointed at it: they pull from upstream registries, and the plan says why.
+import { readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Ext4Entry } from '../images/ext4.ts';
+import {
+  distributionTreeFiles,
+  linkFileText,
+  mirrorNamespace,
+  mirrorRepository,
+  placeTreeFile,
+  REGISTRY_V2_ROOT,
+  treePaths,
+  uniqueBlobs,
+  type TreeFile,
+} from '../images/registry/distribution-tree.ts';
+import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
+import { loadRegistryCredentials } from '../images/registry/auth.ts';
+import { pullImages } from '../images/registry/pull.ts';
+import { formatImageRef, parseImageRef } from '../images/registry/reference.ts';
+import type { PulledImage } from '../images/registry/types.ts';
+import { cniImages, kubeadmImages, kubeVipImage } from '../overlays/kubernetes/images.ts';
+import { firstNodeImages } from '../overlays/first-node/services.ts';
+import { firstControlPlane } from '../overlays/kubernetes/kubeadm.ts';
+import type { ProvisioningSpec } from '../overlays/provision.ts';
+import {
+  addMirrorClient,
+  addMirrorServer,
+  imagesArchiveOnNode,
+  mirrorAddress,
+  MIRRORED_REGISTRIES,
+  REGISTRY_ROOT_ON_NODE,
+  REGISTRY_SERVER_IMAGE,
+  servicesArchiveOnNode,
+} from '../overlays/registry/mirror.ts';
+import { InputError } from './errors.ts';
+import type { StageContext } from './events.ts';
+import { kubernetesApplies } from './kubernetes-content.ts';
+import { layout } from './layout.ts';
+import type { LockedInput, LockFile } from './lockfile.ts';
+import { sha256File, type Manifest, type OutputWriter } from './output.ts';
+import type { Arch, ClusterSpec, NodeSpec } from './spec.ts';
+import { dockerDaemonPrefix } from './load/values.ts';
+
+export type ImageOrigin = 'kubeadm' | 'cni' | 'kube-vip' | 'registry-server' | 'first-node' | 'extra';
+
+export interface BundledImageRef {
+  /** As the cluster names it (extra images as written in cluster.toml). */
+  ref: string;
+  origin: ImageOrigin;
+}
+
+export type MirrorPlacement =
+  /** The first control-plane node (`node`, of `arch`) serves the mirror at `address` (`ip:5000`); every node uses it. */
+  | { kind: 'served'; node: string; arch: Arch; address: string }
+  /** Bundled into out/ only: no node can be pointed at it, for `reason`. */
+  | { kind: 'unserved'; reason: string };
+
+export interface RegistryBundlePlan {
+  images: BundledImageRef[];
+  /** The arches of the cluster's nodes (all of them: the mirror serves the whole cluster). */
+  arches: Arch[];
+  placement: MirrorPlacement;
+}
+
+export type RegistryBundleDecision = { ok: true; plan: RegistryBundlePlan } | { ok: false; reason: string };
+
+/** containerd platform strings for the cluster's arches. */
+export function platformsOf(arches: readonly Arch[]): string[] {
+  return arches.map((a) => (a === 'arm' ? 'linux/arm/v7' : `linux/${a}`));
+}
+
+/**
+ * Whether and what to bundle. Pure: the image list follows from the cluster's Kubernetes version,
+ * CNI, VIP and registry.extra_images; nothing is bundled without the Kubernetes bootstrap (whose
+ * images are most of the list) or with registry.mirror = false.
+ */
+export function planRegistryBundle(spec: ClusterSpec, selected: readonly NodeSpec[]): RegistryBundleDecision {
+  if (!spec.registry.mirror) return { ok: false, reason: 'registry.mirror = false' };
+  const k8s = kubernetesApplies(spec, selected);
+  if (!k8s.ok) return { ok: false, reason: `there is no Kubernetes bootstrap (${k8s.reason})` };
+  const images: BundledImageRef[] = [];
+  const add = (ref: string, origin: ImageOrigin) => {
+    if (!images.some((i) => i.ref === ref)) images.push({ ref, origin });
+  };
+  for (const i of kubeadmImages(spec.kubernetes.version).images) add(i.upstream, 'kubeadm');
+  for (const i of cniImages(spec.kubernetes.cni)) add(i.upstream, 'cni');
+  if (spec.network.vip) add(kubeVipImage().upstream, 'kube-vip');
+  add(REGISTRY_SERVER_IMAGE, 'registry-server');
+  for (const ref of firstNodeImages(spec)) add(ref, 'first-node');
+  for (const ref of spec.registry.extraImages) add(ref, 'extra');
+  const arches = [...new Set(spec.nodes.map((n) => n.arch))].sort();
+  return { ok: true, plan: { images, arches, placement: placementOf(spec) } };
+}
+
+function placementOf(spec: ClusterSpec): MirrorPlacement {
+  const first = firstControlPlane(spec);
+  if (first.boot !== 'disk') {
+    return { kind: 'unserved', reason: `the mirror is served from the first control-plane node's disk, and "${first.name}" netboots` };
+  }
+  if (!first.ip) return { kind: 'unserved', reason: `the first control-plane node "${first.name}" has no static ip to serve the mirror on` };
+  return { kind: 'served', node: first.name, arch: first.arch, address: mirrorAddress(first.ip) };
+}
+
+/** The blob store the pulls fill: `<cacheDir>/registry/blobs`. */
+export function registryStoreRoot(cacheDir: string): string {
+  return join(cacheDir, 'registry', 'blobs');
+}
+
+/** bramble.lock ids of pinned images: `image:<reference as the cluster names it>`. */
+export const IMAGE_LOCK_PREFIX = 'image:';
+const IMAGE_VERIFIED_WITH = 'sha256:manifest-bytes';
+
+/** Pulls one `docker-daemon:NAME:TAG` image from the local Docker daemon into the blob store. */
+export type DockerDaemonSource = (ref: string, o: StageContext & { storeRoot: string; platforms: readonly string[] }) => Promise<PulledImage>;
+
+export interface PulledBundle {
+  images: PulledImage[];
+  /** Lock entries for every image: its top manifest's digest and size. */
+  locked: LockedInput[];
+}
+
+/**
+ * Pull every image of the plan into the blob store. Images the lock pins are fetched by digest (tags
+ * are not resolved again), so with a warm store an `--offline` rebuild makes no request.
+ */
+export async function pullBundleImages(
+  plan: RegistryBundlePlan,
+  o: StageContext & { spec: ClusterSpec; cacheDir: string; lock?: LockFile; offline: boolean; dockerDaemon?: DockerDaemonSource },
+): Promise<PulledBundle> {
+  const storeRoot = registryStoreRoot(o.cacheDir);
+  const platforms = platformsOf(plan.arches);
+  const pinned: Record<string, string> = {};
+  for (const i of o.lock?.inputs ?? []) if (i.id.startsWith(IMAGE_LOCK_PREFIX)) pinned[i.id.slice(IMAGE_LOCK_PREFIX.length)] = `sha256:${i.sha256}`;
+  const daemonRefs = plan.images.filter((i) => i.ref.startsWith(dockerDaemonPrefix)).map((i) => i.ref);
+  const registryRefs = plan.images.filter((i) => !i.ref.startsWith(dockerDaemonPrefix)).map((i) => i.ref);
+  if (daemonRefs.length && !o.dockerDaemon) {
+    throw new InputError(`registry.extra_images: ${daemonRefs.map((r) => `"${r}"`).join(', ')}: images from the local Docker daemon cannot be bundled yet (the Docker-daemon image source is not part of this bramble)`, {
+      hint: 'push the image to a registry and list it by its registry reference, or remove it from registry.extra_images',
+    });
+  }
+  const pulled = await pullImages({
+    refs: registryRefs,
+    platforms,
+    storeRoot,
+    registries: o.spec.sources.registries,
+    credentials: loadRegistryCredentials(),
+    pinned,
+    offline: o.offline,
+    signal: o.signal,
+    events: o.events,
+  });
+  for (const ref of daemonRefs) pulled.push(await o.dockerDaemon!(ref, { storeRoot, platforms, signal: o.signal, events: o.events }));
+  const given = [...registryRefs, ...daemonRefs];
+  const locked = pulled.map((img, i): LockedInput => {
+    const ref = given[i]!;
+    return {
+      id: `${IMAGE_LOCK_PREFIX}${ref}`,
+      url: img.ref,
+      version: img.name.tag ?? img.name.digest ?? img.top.digest,
+      sha256: img.top.digest.slice('sha256:'.length),
+      size: img.top.size,
+      verifiedWith: IMAGE_VERIFIED_WITH,
+    };
+  });
+  return { images: pulled, locked };
+}
+
+export interface MirrorBundle {
+  plan: RegistryBundlePlan;
+  images: PulledImage[];
+  /** Upstream registry → its namespace in the mirror: the four defaults and every bundled image's. */
+  registries: Map<string, string>;
+  /** out/-relative per-arch archives. */
+  archives: Map<Arch, string>;
+  /** Bytes the mirror stores: each unique blob once. */
+  uniqueBytes: number;
+  /** ROOT files of the serving node (the tree, its arch's archive and its services' archive). */
+  serverRootEntries: Ext4Entry[];
+}
+
+/** Every upstream a node sends to the mirror: docker.io, ghcr.io, quay.io, registry.k8s.io and the bundled images' registries. */
+export function mirroredRegistries(images: readonly PulledImage[]): Map<string, string> {
+  const hosts = new Set<string>([...MIRRORED_REGISTRIES, ...images.map((i) => i.name.registry)]);
+  return new Map([...hosts].sort().map((h) => [h, mirrorNamespace(h)]));
+}
+
+/**
+ * Write out/<cluster>/registry and out/<cluster>/oci/<arch>.oci.tar. Files whose bytes did not change
+ * are left alone; every file is listed in the manifest (kind "bundle") so SHA256SUMS covers the tree.
+ */
+export async function writeMirrorBundle(o: {
+  plan: RegistryBundlePlan;
+  images: PulledImage[];
+  cacheDir: string;
+  out: OutputWriter;
+  workDir: string;
+  epoch: number;
+  signal: AbortSignal;
+}): Promise<MirrorBundle> {
+  const storeRoot = registryStoreRoot(o.cacheDir);
+  const tree = distributionTreeFiles(o.images);
+  for (const f of tree) {
+    const rel = `${layout.registryDir}/${f.path}`;
+    await placeTreeFile(f, o.out.path(rel), storeRoot, o.signal);
+    await o.out.recordFile(rel, { kind: 'bundle', secret: false });
+  }
+  const archives = new Map<Arch, string>();
+  for (const arch of o.plan.arches) {
+    const rel = layout.ociArchive(arch);
+    await writeArchiveIfChanged(o.out, rel, o.images, arch, storeRoot, o.epoch, o.signal);
+    archives.set(arch, rel);
+  }
+  const bundle: MirrorBundle = {
+    plan: o.plan,
+    images: o.images,
+    registries: mirroredRegistries(o.images),
+    archives,
+    uniqueBytes: uniqueBlobs(tree).reduce((n, b) => n + b.size, 0),
+    serverRootEntries: [],
+  };
+  const placement = o.plan.placement;
+  if (placement.kind === 'served') {
+    bundle.serverRootEntries = await serverRootEntries(tree, { out: o.out, plan: o.plan, images: o.images, arch: placement.arch, storeRoot, workDir: o.workDir, epoch: o.epoch, signal: o.signal });
+  }
+  return bundle;
+}
+
+async function writeArchiveIfChanged(out: OutputWriter, rel: string, images: PulledImage[], arch: Arch, storeRoot: string, epoch: number, signal: AbortSignal): Promise<void> {
+  const tmp = await out.tempPathFor(rel);
+  const written = await writeOciArchive(ociArchiveContent(images, arch), { storeRoot, dest: tmp, epoch, signal });
+  const existing = await sha256File(out.path(rel), signal).catch(() => undefined);
+  if (existing === written.sha256) {
+    await rm(tmp, { force: true });
+    await out.recordFile(rel, { kind: 'bundle', arch, secret: false });
+    return;
+  }
+  await out.adoptFile(rel, tmp, { kind: 'bundle', arch, secret: false });
+}
+
+/** The serving node's ROOT: the storage tree under /var/lib/registry and the two archives it imports at boot. */
+async function serverRootEntries(
+  tree: TreeFile[],
+  o: { out: OutputWriter; plan: RegistryBundlePlan; images: PulledImage[]; arch: Arch; storeRoot: string; workDir: string; epoch: number; signal: AbortSignal },
+): Promise<Ext4Entry[]> {
+  const entries: Ext4Entry[] = tree.map((f) =>
+    'blob' in f
+      ? { path: `${REGISTRY_ROOT_ON_NODE}/${f.path}`, type: 'file', source: o.out.path(`${layout.registryDir}/${f.path}`), mode: 0o644 }
+      : { path: `${REGISTRY_ROOT_ON_NODE}/${f.path}`, type: 'file', data: linkFileText(f.link), mode: 0o644 },
+  );
+  entries.push({ path: imagesArchiveOnNode(o.arch), type: 'file', source: o.out.path(layout.ociArchive(o.arch)), mode: 0o644 });
+  // The node's own services' images (registry server, PXE services) go to their own containerd namespace.
+  const serviceRefs = new Set(o.plan.images.filter((i) => i.origin === 'registry-server' || i.origin === 'first-node').map((i) => formatImageRef(parseImageRef(i.ref))));
+  const services = o.images.filter((i) => serviceRefs.has(i.ref));
+  if (services.length !== serviceRefs.size) throw new Error(`registry bundle: not every service image was pulled (${[...serviceRefs].join(', ')})`);
+  const servicesArchive = join(o.workDir, `services-${o.arch}.oci.tar`);
+  await writeOciArchive(ociArchiveContent(services, o.arch), { storeRoot: o.storeRoot, dest: servicesArchive, epoch: o.epoch, signal: o.signal });
+  entries.push({ path: servicesArchiveOnNode(o.arch), type: 'file', source: servicesArchive, mode: 0o644 });
+  return entries;
+}
+
+/** A node's mirror content: hosts.toml on every node when the mirror is served, and the server's config and units. */
+export function withMirror(prov: ProvisioningSpec, node: NodeSpec, bundle: MirrorBundle): void {
+  const placement = bundle.plan.placement;
+  if (placement.kind !== 'served') return;
+  addMirrorClient(prov, { mirror: placement.address, registries: bundle.registries });
+  if (node.name === placement.node) addMirrorServer(prov, { arch: node.arch });
+}
+
+/** The serving node's ROOT files, or none for any other node. */
+export function serverRootEntriesFor(node: NodeSpec, bundle: MirrorBundle | undefined): Ext4Entry[] {
+  const placement = bundle?.plan.placement;
+  return placement?.kind === 'served' && placement.node === node.name ? bundle!.serverRootEntries : [];
+}
+
+/** manifest.json inputs for the bundled images, from the lock: reference, tag and top manifest digest. */
+export function bundledImageInputs(lock: LockFile): Array<{ id: string; url: string; version: string; sha256: string }> {
+  return lock.inputs.filter((i) => i.id.startsWith(IMAGE_LOCK_PREFIX)).map((i) => ({ id: i.id, url: i.url, version: i.version, sha256: i.sha256 }));
+}
+
+export interface MirrorImageDescription {
+  ref: string;
+  /** The digest `@sha256:` pulls get: upstream's top manifest or index. */
+  digest: string;
+  /** The kept per-arch manifests (for a single-arch image, the top manifest itself). */
+  platforms: Array<{ platform: string; digest: string }>;
+}
+
+export interface MirrorDescription {
+  images: MirrorImageDescription[];
+  arches: string[];
+  blobs: number;
+  /** Bytes of every unique blob in the tree. */
+  uniqueBytes: number;
+}
+
+/**
+ * What out/<cluster>/registry holds, read back from the tree itself (tag links, stored manifests,
+ * revision links), for `bramble inspect`: each bundled image with its digest and kept arches.
+ */
+export async function describeMirror(clusterDir: string, manifest: Manifest): Promise<MirrorDescription | undefined> {
+  const blobPrefix = `${layout.registryDir}/${REGISTRY_V2_ROOT}/blobs/`;
+  const blobs = manifest.artefacts.filter((a) => a.path.startsWith(blobPrefix));
+  if (blobs.length === 0) return undefined;
+  const root = join(clusterDir, layout.registryDir);
+  const exists = (rel: string) => stat(join(root, rel)).then(() => true, () => false);
+  const images: MirrorImageDescription[] = [];
+  const arches = new Set<string>();
+  for (const input of manifest.inputs.filter((i) => i.id.startsWith(IMAGE_LOCK_PREFIX))) {
+    const name = parseImageRef(input.url);
+    const repo = mirrorRepository(name);
+    const digest = name.tag ? (await readFile(join(root, treePaths.tagCurrent(repo, name.tag)), 'utf8')).trim() : `sha256:${input.sha256}`;
+    const top = JSON.parse(await readFile(join(root, treePaths.blob(digest)), 'utf8')) as {
+      manifests?: Array<{ digest: string; platform?: { os: string; architecture: string; variant?: string } }>;
+      config?: { digest: string };
+    };
+    const platforms: MirrorImageDescription['platforms'] = [];
+    for (const child of top.manifests ?? []) {
+      if (!child.platform || !(await exists(treePaths.revision(repo, child.digest)))) continue;
+      platforms.push({ platform: [child.platform.os, child.platform.architecture, child.platform.variant].filter(Boolean).join('/'), digest: child.digest });
+      arches.add(child.platform.architecture);
+    }
+    if (top.config) {
+      const config = JSON.parse(await readFile(join(root, treePaths.blob(top.config.digest)), 'utf8')) as { os: string; architecture: string; variant?: string };
+      platforms.push({ platform: [config.os, config.architecture, config.variant].filter(Boolean).join('/'), digest });
+      arches.add(config.architecture);
+    }
+    images.push({ ref: input.url, digest, platforms });
+  }
+  return { images, arches: [...arches].sort(), blobs: blobs.length, uniqueBytes: blobs.reduce((n, a) => n + a.size, 0) };
+}
