@@ -60,6 +60,9 @@ export const toolPackages: Record<string, string> = {
   umount: 'mount',
   cmp: 'diffutils',
   ip: 'iproute2',
+  nft: 'nftables',
+  'systemd-analyze': 'systemd',
+  unshare: 'util-linux',
 };
 
 export function installHint(tool: string): string {
