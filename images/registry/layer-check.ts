@@ -47,8 +47,13 @@ export async function checkLayer(path: string, subject: string, signal: AbortSig
   const scanner = new TarScanner(subject);
   try {
     if (compression === 'zstd') {
-      const tool = runStreaming('zstd', ['-d', '-c', '-q'], { signal, stdin: createReadStream(path) });
-      await pipeline(tool.stdout, (source: AsyncIterable<Buffer>) => scanner.consume(source), { signal });
+      const tool = runStreaming('zstd', ['-d', '-c', '-q', path], { signal });
+      try {
+        await pipeline(tool.stdout, (source: AsyncIterable<Buffer>) => scanner.consume(source), { signal });
+      } catch (e) {
+        await tool.done.catch(() => {}); // stopped early: the tool's exit is not the news
+        throw e;
+      }
       await tool.done;
     } else if (compression === 'gzip') {
       await pipeline(createReadStream(path), createGunzip(), (source: AsyncIterable<Buffer>) => scanner.consume(source), { signal });
@@ -57,6 +62,8 @@ export async function checkLayer(path: string, subject: string, signal: AbortSig
     }
   } catch (e) {
     if (signal.aborted) throw new InterruptedError();
+    // pipeline() may report the decompressor's teardown instead of the scanner's own verdict.
+    if (scanner.failure) throw scanner.failure;
     if (e instanceof BrambleError) throw e;
     throw new VerificationError(subject, `a ${compression === 'none' ? '' : `${compression}-compressed `}tar layer`, `unreadable data (${(e as Error).message})`, {
       hint: 'the registry serves a damaged or non-tar layer under a matching digest; the image itself is broken',
@@ -101,14 +108,16 @@ class TarScanner {
       if (this.ended) continue; // drain, so the decompressor checks its trailer
       this.push(chunk);
     }
-    if (!this.ended) {
-      if (this.skip > 0 || this.collecting || this.bufferedBytes > 0) throw this.fail('a complete tar archive', 'an archive cut short inside an entry');
-      // Ended exactly on a block boundary without the two zero blocks: accepted, as GNU tar does.
-    }
+    // Ending exactly on a block boundary without the two zero blocks is accepted, as GNU tar does.
+    if (!this.ended && (this.skip > 0 || this.collecting || this.bufferedBytes > 0)) throw this.fail('a complete tar archive', 'an archive cut short inside an entry');
   }
 
+  /** The first verdict against the layer (kept because a pipeline may report its teardown instead). */
+  failure?: VerificationError;
+
   private fail(expected: string, actual: string): VerificationError {
-    return new VerificationError(this.subject, expected, actual, { hint: 'this layer must not be unpacked on a node; the image is broken or malicious' });
+    this.failure ??= new VerificationError(this.subject, expected, actual, { hint: 'this layer must not be unpacked on a node; the image is broken or malicious' });
+    return this.failure;
   }
 
   private push(chunk: Buffer): void {
