@@ -99,10 +99,6 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
     return r;
   });
   const version = fetched.lock.os.version;
-  if (fetched.registry.ok && fetched.registry.plan.placement.kind === 'unserved') {
-    const why = fetched.registry.plan.placement.reason;
-    events({ kind: 'warning', message: `the container images are bundled in out/${spec.name}/${layout.registryDir}, but no node pulls from them: ${why}; nodes pull from upstream registries` });
-  }
 
   const clusterDir = layout.clusterDir(o.outDir, spec.name);
   const out = new OutputWriter(clusterDir, events, signal);

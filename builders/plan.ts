@@ -95,11 +95,9 @@ export interface BuildPlan {
     bundle: {
       images: Array<{ ref: string; origin: ImageOrigin }>;
       arches: Arch[];
-      /** `ip:5000` of the first control-plane node, or null when no node can be pointed at it. */
-      address: string | null;
-      servedBy: string | null;
-      /** Why nodes pull from upstream although the images are bundled, else null. */
-      unserved: string | null;
+      /** `ip:5000` of the first control-plane node, which serves it to every node. */
+      address: string;
+      servedBy: string;
     } | null;
     /** Why nothing is bundled (registry.mirror = false, no Kubernetes bootstrap), else null. */
     bundleMissing: string | null;
@@ -186,14 +184,12 @@ export function planBuild(spec: ClusterSpec, opts: PlanOptions = {}): BuildPlan 
 function registryBundleOf(spec: ClusterSpec, nodes: NodeSpec[]): Pick<BuildPlan['registry'], 'bundle' | 'bundleMissing'> {
   const r = planRegistryBundle(spec, nodes);
   if (!r.ok) return { bundle: null, bundleMissing: r.reason };
-  const p = r.plan.placement;
   return {
     bundle: {
       images: r.plan.images.map((i) => ({ ref: i.ref, origin: i.origin })),
       arches: r.plan.arches,
-      address: p.kind === 'served' ? p.address : null,
-      servedBy: p.kind === 'served' ? p.node : null,
-      unserved: p.kind === 'unserved' ? p.reason : null,
+      address: r.plan.server.address,
+      servedBy: r.plan.server.node,
     },
     bundleMissing: null,
   };
@@ -419,8 +415,7 @@ export function formatPlan(plan: BuildPlan): string {
 function registryLine(r: BuildPlan['registry']): string {
   if (!r.bundle) return `no mirror bundled: ${r.bundleMissing}`;
   const b = r.bundle;
-  const where = b.address ? `served by ${b.servedBy} at ${b.address}, every node pulls through it` : `NOT served: ${b.unserved}; nodes pull from upstream registries`;
-  return `mirror of ${b.images.length} images for ${b.arches.join(' ')}, ${where}`;
+  return `mirror of ${b.images.length} images for ${b.arches.join(' ')}, served by ${b.servedBy} at ${b.address}; every node pulls through it`;
 }
 
 function formatFirstNode(f: PlannedFirstNode, firewall: Record<string, string[]>): string[] {

@@ -1,14 +1,15 @@
 // Wires the bundled registry mirror into a build (kubernetes-and-registry.md §2, §4–§6, §9):
 //   plan   — which images the cluster pulls (kubeadm's for the exact patch version, the CNI's,
-//            kube-vip with a VIP, the registry server itself, registry.extra_images), for which
-//            arches (those of the cluster's nodes), and whether the nodes can reach the mirror;
+//            kube-vip with a VIP, the registry server and the first node's services,
+//            registry.extra_images), for which arches (those of the cluster's nodes);
 //   fetch  — pulls them into the blob store, pinned by bramble.lock so `--offline` needs no network;
 //   bundle — writes out/<cluster>/registry (distribution storage, blobs hardlinked from the store)
 //            and out/<cluster>/oci/<arch>.oci.tar, and the first control-plane node's ROOT files;
 //   render — every node's hosts.toml, the serving node's registry config and units.
-// The mirror is the first control-plane node's static address, port 5000. Without a static address,
-// or when that node netboots (nothing to put on ROOT), the bundle is still written to out/ but no
-// node is pointed at it: they pull from upstream registries, and the plan says why.
+// The mirror is the first control-plane node's static address, port 5000. Nothing is bundled without
+// the Kubernetes bootstrap (a DHCP-only cluster has none: no node could be told where the mirror is),
+// with registry.mirror = false, or when the first control-plane node has no disk to carry it; the
+// plan says which.
 import { readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Ext4Entry } from '../images/ext4.ts';
@@ -59,17 +60,18 @@ export interface BundledImageRef {
   origin: ImageOrigin;
 }
 
-export type MirrorPlacement =
-  /** The first control-plane node (`node`, of `arch`) serves the mirror at `address` (`ip:5000`); every node uses it. */
-  | { kind: 'served'; node: string; arch: Arch; address: string }
-  /** Bundled into out/ only: no node can be pointed at it, for `reason`. */
-  | { kind: 'unserved'; reason: string };
+/** The node serving the mirror: the first control-plane node (`node`, of `arch`) at `address` (`ip:5000`). */
+export interface MirrorServer {
+  node: string;
+  arch: Arch;
+  address: string;
+}
 
 export interface RegistryBundlePlan {
   images: BundledImageRef[];
   /** The arches of the cluster's nodes (all of them: the mirror serves the whole cluster). */
   arches: Arch[];
-  placement: MirrorPlacement;
+  server: MirrorServer;
 }
 
 export type RegistryBundleDecision = { ok: true; plan: RegistryBundlePlan } | { ok: false; reason: string };
@@ -88,6 +90,12 @@ export function planRegistryBundle(spec: ClusterSpec, selected: readonly NodeSpe
   if (!spec.registry.mirror) return { ok: false, reason: 'registry.mirror = false' };
   const k8s = kubernetesApplies(spec, selected);
   if (!k8s.ok) return { ok: false, reason: `there is no Kubernetes bootstrap (${k8s.reason})` };
+  // With the bootstrap, load's rules give the first control-plane node a static ip (the API or the
+  // VIP's subnet needs one); it must also boot from disk to carry the tree.
+  const first = firstControlPlane(spec);
+  if (first.boot !== 'disk' || !first.ip) {
+    return { ok: false, reason: `the mirror is served from the first control-plane node's disk at its static ip, and "${first.name}" ${first.boot !== 'disk' ? 'netboots' : 'has none'}` };
+  }
   const images: BundledImageRef[] = [];
   const add = (ref: string, origin: ImageOrigin) => {
     if (!images.some((i) => i.ref === ref)) images.push({ ref, origin });
@@ -99,16 +107,7 @@ export function planRegistryBundle(spec: ClusterSpec, selected: readonly NodeSpe
   for (const ref of firstNodeImages(spec)) add(ref, 'first-node');
   for (const ref of spec.registry.extraImages) add(ref, 'extra');
   const arches = [...new Set(spec.nodes.map((n) => n.arch))].sort();
-  return { ok: true, plan: { images, arches, placement: placementOf(spec) } };
-}
-
-function placementOf(spec: ClusterSpec): MirrorPlacement {
-  const first = firstControlPlane(spec);
-  if (first.boot !== 'disk') {
-    return { kind: 'unserved', reason: `the mirror is served from the first control-plane node's disk, and "${first.name}" netboots` };
-  }
-  if (!first.ip) return { kind: 'unserved', reason: `the first control-plane node "${first.name}" has no static ip to serve the mirror on` };
-  return { kind: 'served', node: first.name, arch: first.arch, address: mirrorAddress(first.ip) };
+  return { ok: true, plan: { images, arches, server: { node: first.name, arch: first.arch, address: mirrorAddress(first.ip!) } } };
 }
 
 /** The blob store the pulls fill: `<cacheDir>/registry/blobs`. */
@@ -228,10 +227,7 @@ export async function writeMirrorBundle(o: {
     uniqueBytes: uniqueBlobs(tree).reduce((n, b) => n + b.size, 0),
     serverRootEntries: [],
   };
-  const placement = o.plan.placement;
-  if (placement.kind === 'served') {
-    bundle.serverRootEntries = await serverRootEntries(tree, { out: o.out, plan: o.plan, images: o.images, arch: placement.arch, storeRoot, workDir: o.workDir, epoch: o.epoch, signal: o.signal });
-  }
+  bundle.serverRootEntries = await serverRootEntries(tree, { out: o.out, plan: o.plan, images: o.images, arch: o.plan.server.arch, storeRoot, workDir: o.workDir, epoch: o.epoch, signal: o.signal });
   return bundle;
 }
 
@@ -268,18 +264,16 @@ async function serverRootEntries(
   return entries;
 }
 
-/** A node's mirror content: hosts.toml on every node when the mirror is served, and the server's config and units. */
+/** A node's mirror content: hosts.toml on every node, and the serving node's registry config and units. */
 export function withMirror(prov: ProvisioningSpec, node: NodeSpec, bundle: MirrorBundle): void {
-  const placement = bundle.plan.placement;
-  if (placement.kind !== 'served') return;
-  addMirrorClient(prov, { mirror: placement.address, registries: bundle.registries });
-  if (node.name === placement.node) addMirrorServer(prov, { arch: node.arch });
+  const server = bundle.plan.server;
+  addMirrorClient(prov, { mirror: server.address, registries: bundle.registries });
+  if (node.name === server.node) addMirrorServer(prov, { arch: node.arch });
 }
 
 /** The serving node's ROOT files, or none for any other node. */
 export function serverRootEntriesFor(node: NodeSpec, bundle: MirrorBundle | undefined): Ext4Entry[] {
-  const placement = bundle?.plan.placement;
-  return placement?.kind === 'served' && placement.node === node.name ? bundle!.serverRootEntries : [];
+  return bundle?.plan.server.node === node.name ? bundle.serverRootEntries : [];
 }
 
 /** manifest.json inputs for the bundled images, from the lock: reference, tag and top manifest digest. */
