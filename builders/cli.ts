@@ -15,6 +15,11 @@ Usage:
   bramble inspect PATH             an image file or an out/<cluster> directory
   bramble flash   IMAGE DEVICE...  [--bmap FILE] [--no-verify] [--yes] [--force-non-removable] [--json]
                   IMAGE: .img, .img.zst, .img.xz, .img.bz2 or an http(s) URL; DEVICE: drives or files
+  bramble publish [OUTDIR | -c cluster.toml [--out DIR]] --to DEST [--private | --public-only]
+                  [--sign-key FILE | --unsigned] [--compress zstd|xz|none] [--github-api URL] [--json]
+                  DEST: dir://PATH, oci://HOST/REPO:TAG or github://OWNER/REPO@TAG
+  bramble verify  OUTDIR | oci://HOST/REPO:TAG  [--key FILE] [--allow-unsigned]
+  bramble pull    oci://HOST/REPO:TAG --out DIR [--key FILE] [--allow-unsigned]
 
 Targets: rpi4 rpi3 pc arm64-uefi pxe. Without -c a built-in default cluster is used: one
 control-plane node of the requested target (default pc) on DHCP.
@@ -35,6 +40,20 @@ Flash options:
   -y, --yes                do not ask before overwriting drives (needed without a terminal)
   --force-non-removable    allow drives that are not removable (internal disks, loop devices)
 
+Publish, verify and pull options:
+  --to DEST                where to publish (see above); OUTDIR defaults to --out/<cluster name>
+  --private                the destination is private: secret artefacts (keys, tokens) may go there
+  --public-only            publish only the artefacts not marked secret
+  --sign-key FILE          armored OpenPGP private key signing SHA256SUMS (or $BRAMBLE_SIGNING_KEY;
+                           passphrase in $BRAMBLE_SIGNING_KEY_PASSPHRASE)
+  --unsigned               publish without a signature
+  --compress FORMAT        disk images as zstd (default), xz, or none
+  --github-api URL         GitHub API base (default $BRAMBLE_GITHUB_API or https://api.github.com);
+                           the token comes from $GITHUB_TOKEN
+  --key FILE               the armored public key a release must be signed with (default: the
+                           release's own signing-key.asc, which proves integrity, not origin)
+  --allow-unsigned         accept a release without SHA256SUMS.asc
+
 Exit codes: 0 ok, 1 internal error, 2 bad input, 3 verification failed, 4 host environment, 130 interrupted.
 `;
 
@@ -54,6 +73,15 @@ const options = {
   'no-verify': { type: 'boolean' },
   yes: { type: 'boolean', short: 'y' },
   'force-non-removable': { type: 'boolean' },
+  to: { type: 'string' },
+  private: { type: 'boolean' },
+  'public-only': { type: 'boolean' },
+  'sign-key': { type: 'string' },
+  unsigned: { type: 'boolean' },
+  compress: { type: 'string' },
+  'github-api': { type: 'string' },
+  key: { type: 'string' },
+  'allow-unsigned': { type: 'boolean' },
 } satisfies ParseArgsConfig['options'];
 
 export type CliValues = {
@@ -72,6 +100,15 @@ export type CliValues = {
   'no-verify'?: boolean;
   yes?: boolean;
   'force-non-removable'?: boolean;
+  to?: string;
+  private?: boolean;
+  'public-only'?: boolean;
+  'sign-key'?: string;
+  unsigned?: boolean;
+  compress?: string;
+  'github-api'?: string;
+  key?: string;
+  'allow-unsigned'?: boolean;
 };
 
 export async function main(argv: string[]): Promise<void> {

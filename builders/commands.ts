@@ -16,6 +16,7 @@ import { defaultCacheDir } from '../images/cache.ts';
 import { buildCluster } from './build.ts';
 import { inspectPath } from './inspect.ts';
 import { flashCommand } from './flash-command.ts';
+import { publishCommands } from './publish-commands.ts';
 import type { ClusterSpec, Target } from './spec.ts';
 import { ttyProgress } from './tty-progress.ts';
 
@@ -138,4 +139,4 @@ const inspect: Command = async (ctx) => {
   return 0;
 };
 
-export const commands: Record<string, Command> = { plan, fetch, build, inspect, flash: flashCommand };
+export const commands: Record<string, Command> = { plan, fetch, build, inspect, flash: flashCommand, ...publishCommands };
