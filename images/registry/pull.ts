@@ -366,9 +366,14 @@ class Puller {
       } catch (e) {
         if (this.ctx.signal.aborted) throw new InterruptedError();
         if (e instanceof VerificationError) throw e;
-        lastError = e instanceof BrambleError ? e : new HostError(`${subject}: transfer failed: ${(e as Error).message}`, { cause: e, hint: 'check the network and try again; the bytes received are kept and resumed' });
+        const have = await sizeOf(partial);
+        const why = e instanceof Error ? (e.cause instanceof Error ? e.cause.message : e.message) : String(e);
+        lastError = new HostError(`${subject}: the connection closed after ${have} of ${d.size} bytes (${why})`, {
+          cause: e,
+          hint: 'check the network and try again; the bytes received are kept and the next run resumes them',
+        });
         if (attempt < BLOB_ATTEMPTS) {
-          this.ctx.events({ kind: 'warning', message: `${subject}: connection closed after ${await sizeOf(partial)} of ${d.size} bytes; resuming (attempt ${attempt + 1} of ${BLOB_ATTEMPTS})` });
+          this.ctx.events({ kind: 'warning', message: `${subject}: connection closed after ${have} of ${d.size} bytes; resuming (attempt ${attempt + 1} of ${BLOB_ATTEMPTS})` });
         }
       }
     }
@@ -402,7 +407,7 @@ class Puller {
       await rm(partial, { force: true });
       throw new VerificationError(subject, `${d.size} bytes`, `more than ${d.size} bytes`, { hint: digestHint });
     }
-    if (done !== d.size) throw new HostError(`${subject}: the connection closed after ${done} of ${d.size} bytes`, { hint: 'try again; the bytes received are kept and resumed' });
+    if (done !== d.size) throw new Error('the body ended early');
   }
 }
 
