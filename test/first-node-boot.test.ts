@@ -13,6 +13,9 @@
 //    gets its static lease and the tree's snponly.efi over TFTP from dnsmasq, iPXE then fetches
 //    boot.ipxe, its node script, kernel and initrds over HTTP from busybox httpd, and the fixture OS
 //    reports the config sha256 and kernel arguments it booted with.
+//  - From inside the namespace, skopeo pulls every bundled image by the digest manifest.json
+//    records from the registry mirror the test runs the same way (docker-registry standing in for
+//    registry:2, its tree read from ROOT, its config from the Ignition).
 // Needs root (network namespace, taps, mounts); BRAMBLE_SKIP_BOOT=1 skips it.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,6 +32,8 @@ import { partitionSpan, runBramble, sfdiskTable, TEST_EPOCH, warmBuildCache, exp
 import { FIRMWARE_FILES, parseMarkers, type BootMarkers } from './helpers/qemu.ts';
 import { BOOT_TIMEOUT_MS, skipBoot } from './helpers/boot.ts';
 import { NetworkNamespace, stop, waitFor, type Started } from './helpers/netns.ts';
+import { mirrorRepository } from '../images/registry/distribution-tree.ts';
+import { parseImageRef } from '../images/registry/reference.ts';
 
 const skipRoot = process.getuid?.() === 0 ? undefined : 'needs root: it creates a network namespace, taps and mounts';
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
@@ -103,6 +108,8 @@ function parseCtrRun(unit: string, contents: string): CtrRun | undefined {
   let i = 1;
   for (; argv[i] !== 'run'; i++) {
     if (argv[i] === '--namespace' || argv[i] === '-n') namespace = argv[++i]!;
+    // Another ctr command (the bundle's image import): not a container.
+    else if (!argv[i]!.startsWith('-')) return undefined;
     else assert.fail(`${unit}: unexpected ctr option ${argv[i]}`);
   }
   const mounts: CtrRun['mounts'] = [];
@@ -259,7 +266,8 @@ test('boot: the first node serves the rest — VM 1 boots cp-1\'s image, the tes
 
   const dnsmasqRun = runs.find((r) => r.image.startsWith('quay.io/poseidon/dnsmasq:'))!;
   const httpRun = runs.find((r) => r.image.startsWith('docker.io/library/busybox:'))!;
-  assert.ok(dnsmasqRun && httpRun, 'a dnsmasq unit and an HTTP unit');
+  const registryRun = runs.find((r) => r.image.startsWith('docker.io/library/registry:'))!;
+  assert.ok(dnsmasqRun && httpRun && registryRun, 'a dnsmasq unit, an HTTP unit and a registry unit');
   const confPath = dnsmasqRun.args.find((a) => a.startsWith('--conf-file='))!.slice('--conf-file='.length);
   const conf = await readFile(join(rootDir, confPath), 'utf8');
   const option = (key: string) => conf.split('\n').filter((l) => l.startsWith(`${key}=`)).map((l) => l.slice(key.length + 1));
@@ -288,10 +296,14 @@ test('boot: the first node serves the rest — VM 1 boots cp-1\'s image, the tes
   // dnsmasq's lease and pid files live in the container's own writable layer; here, in the test's directory.
   const dnsmasq = startUnit(dnsmasqRun, [`--dhcp-leasefile=${join(state, 'leases')}`, `--pid-file=${join(state, 'dnsmasq.pid')}`]);
   const httpd = startUnit(httpRun);
+  const registry = startUnit(registryRun);
+  const registryConfig = await readFile(join(rootDir, registryRun.mounts.find((m) => m.dst.endsWith('.yml'))!.src), 'utf8');
+  const registryPort = Number(/^\s*addr: :(\d+)$/m.exec(registryConfig)![1]);
   await waitFor('dnsmasq', dnsmasq, () => /TFTP root is /.test(dnsmasq.output()));
   const probe = join(state, 'probe');
   await waitFor('busybox httpd', httpd, async () => (await ns.exec([requireTool('busybox'), 'wget', '-q', '-O', probe, `http://${first.ip}:${httpPort}/boot.ipxe`], { okCodes: [1] })).exitCode === 0);
   assert.equal(tftpRoot, httpRoot, 'dnsmasq\'s TFTP and busybox httpd serve the same tree');
+  await waitFor('docker-registry', registry, async () => (await ns.exec([requireTool('busybox'), 'wget', '-q', '-O', probe, `http://${first.ip}:${registryPort}/v2/`], { okCodes: [1] })).exitCode === 0);
 
   // Both VMs at once: cp-1 from its disk, w-1 from the network.
   const [vm1, vm2] = await Promise.all([
@@ -330,5 +342,18 @@ test('boot: the first node serves the rest — VM 1 boots cp-1\'s image, the tes
   assert.deepEqual(fetched.slice(0, 2), ['/boot.ipxe', `/nodes/${macHyphen(WORKER.mac)}.ipxe`], `iPXE fetched its scripts from busybox httpd\n${explain2}`);
   assert.ok(fetched.some((u) => posix.basename(u!) === `${macHyphen(WORKER.mac)}.cpio.gz`), explain2);
 
-  for (const p of [dnsmasq, httpd]) await stop(p.child);
+  // Every bundled image, pulled by the digest manifest.json records, from the mirror on cp-1's address.
+  const images = manifest.inputs.filter((i) => i.id.startsWith('image:'));
+  assert.ok(images.some((i) => i.url.startsWith('quay.io/poseidon/dnsmasq:')) && images.some((i) => i.url.startsWith('docker.io/library/busybox:')), 'the bundle carries the first node\'s images');
+  for (const i of images) {
+    const ref = `docker://${first.ip}:${registryPort}/${mirrorRepository(parseImageRef(i.url))}@sha256:${i.sha256}`;
+    const dest = join(state, 'pulled', i.sha256);
+    await mkdir(dest, { recursive: true });
+    const r = await ns.exec([requireTool('skopeo'), 'copy', '--src-tls-verify=false', '--override-os', 'linux', '--override-arch', 'amd64', ref, `dir:${dest}`], { okCodes: [1] });
+    assert.equal(r.exitCode, 0, `skopeo copy ${ref}: ${r.stderr}\n--- registry ---\n${registry.output().slice(-2000)}`);
+  }
+  assert.doesNotMatch(registry.output(), /level=error/, 'the registry served everything without an error');
+  t.diagnostic(`${images.length} bundled images pulled by digest from ${first.ip}:${registryPort}`);
+
+  for (const p of [dnsmasq, httpd, registry]) await stop(p.child);
 });
