@@ -54,12 +54,12 @@ export function parseImageRef(ref: string): ImageName {
     registry = DOCKER_HUB;
     repository = rest;
   }
+  if (!repositoryPattern.test(repository)) {
+    throw bad(`"${repository}" is not a repository name (lowercase letters, digits and . _ - separators, components joined by /)`);
+  }
   if (dockerHubAliases.has(registry)) {
     registry = DOCKER_HUB;
     if (!repository.includes('/')) repository = `library/${repository}`;
-  }
-  if (!repositoryPattern.test(repository)) {
-    throw bad(`"${repository}" is not a repository name (lowercase letters, digits and . _ - separators, components joined by /)`);
   }
   if (registry.length + 1 + repository.length > NAME_MAX) throw bad(`the name is longer than ${NAME_MAX} characters`);
   if (!tag && !digest) tag = 'latest';
