@@ -2,8 +2,8 @@
 // (kubernetes-and-registry.md §3.3). Credentials come from one place, a Docker-format `config.json`
 // (`auths.<host>.auth` = base64 `user:password`, what `docker login`, `podman login` and `skopeo login`
 // write): `$BRAMBLE_REGISTRY_AUTH_FILE`, else `$DOCKER_CONFIG/config.json`, else
-// `~/.docker/config.json` (docs/decisions/ registry credentials). Secrets never reach an event, an
-// error message or a log line.
+// `~/.docker/config.json` (docs/decisions/011-registry-remaps-and-credentials.md). Secrets never
+// reach an event, an error message or a log line.
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';

@@ -123,7 +123,7 @@ export class RegistryClient {
 
   private authFailure(url: URL, status: number, how: string): RegistryAuthError {
     return new RegistryAuthError(`${url.host} refused ${url.pathname} (HTTP ${status}) ${how}`, {
-      hint: `put credentials for ${url.host} in a Docker config.json (docker login ${url.host}); bramble reads $BRAMBLE_REGISTRY_AUTH_FILE, else $DOCKER_CONFIG/config.json, else ~/.docker/config.json`,
+      hint: `put credentials for ${url.host} in a Docker config.json (docker login ${url.host}); bramble reads $BRAMBLE_REGISTRY_AUTH_FILE, else $DOCKER_CONFIG/config.json, else ~/.docker/config.json. Some registries answer this way for a repository that does not exist: check the name too`,
     });
   }
 

@@ -60,6 +60,7 @@ interface Source {
 
 /** Pull `refs` for `platforms` into the store; one PulledImage per reference, in the given order. */
 export async function pullImages(o: PullImagesOptions): Promise<PulledImage[]> {
+  if (o.signal.aborted) throw new InterruptedError();
   const wanted = o.platforms.map(parsePlatform);
   if (wanted.length === 0) throw new InputError('no platforms to pull images for', { hint: 'the cluster has no nodes?' });
   const names = o.refs.map((ref) => ({ given: ref, name: parseImageRef(ref) }));
