@@ -43,6 +43,8 @@ export const toolPackages: Record<string, string> = {
   dnsmasq: 'dnsmasq-base',
   skopeo: 'skopeo',
   'docker-registry': 'docker-registry',
+  htpasswd: 'apache2-utils',
+  tar: 'tar',
   dockerd: 'docker.io',
   'grub-mkstandalone': 'grub-common',
   cpio: 'cpio',

@@ -8,7 +8,7 @@ packages=(
   busybox-static grub-common grub-efi-amd64-bin
   qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 ipxe ipxe-qemu
   dnsmasq-base skopeo docker-registry containerd docker.io openssl gnupg iproute2 cloud-init
-  nftables systemd
+  nftables systemd apache2-utils
 )
 missing=()
 for p in "${packages[@]}"; do
