@@ -62,7 +62,7 @@ interface Source {
 export async function pullImages(o: PullImagesOptions): Promise<PulledImage[]> {
   if (o.signal.aborted) throw new InterruptedError();
   const wanted = o.platforms.map(parsePlatform);
-  if (wanted.length === 0) throw new InputError('no platforms to pull images for', { hint: 'the cluster has no nodes?' });
+  if (wanted.length === 0) throw new InputError('no platforms to pull images for', { hint: 'pass at least one platform, e.g. linux/amd64' });
   const names = o.refs.map((ref) => ({ given: ref, name: parseImageRef(ref) }));
   // One failure stops the other transfers; all of them are settled before the error is thrown, so
   // nothing writes into the store after pullImages returns.
@@ -105,13 +105,15 @@ function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
   let active = 0;
   const queue: (() => void)[] = [];
   return async (fn) => {
+    // A finishing task hands its slot straight to the next waiter, so no newcomer can slip in between.
     if (active >= n) await new Promise<void>((resolve) => queue.push(resolve));
-    active++;
+    else active++;
     try {
       return await fn();
     } finally {
-      active--;
-      queue.shift()?.();
+      const next = queue.shift();
+      if (next) next();
+      else active--;
     }
   };
 }
