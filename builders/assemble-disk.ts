@@ -2,12 +2,13 @@
 // in place as a file — GPT parsed in TypeScript, the OEM btrfs rebuilt with the node's config.ign and
 // grub.cfg, the ESP given the Raspberry Pi 4 UEFI firmware for rpi4 nodes. The bmap is the base
 // image's data map with the edited partitions' ranges replaced, so nothing is rescanned in full.
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { writeBmap } from '../images/bmap.ts';
 import { buildBtrfsImage, writePartition } from '../images/btrfs.ts';
 import { fatDataRanges, writeFatFiles } from '../images/fat.ts';
-import { ext4DataRanges, writeExt4Files } from '../images/ext4.ts';
+import { ext4DataRanges, ext4Space, writeExt4Files, type Ext4Entry } from '../images/ext4.ts';
+import { InputError } from './errors.ts';
 import { findPartition, growImage, partitionBytes, PartitionType, readGpt } from '../images/gpt.ts';
 import { derivedUuid } from '../images/guid.ts';
 import { copySparse, mergeRanges, type ByteRange } from '../images/sparse.ts';
@@ -19,6 +20,27 @@ import { layout } from './layout.ts';
 /** OEM file names Flatcar reads (base-images.md §3, §5, §6.3). */
 export const OEM_CONFIG = 'config.ign';
 export const OEM_GRUB_CFG = 'grub.cfg';
+
+/**
+ * Refuses, before writing, ROOT content that does not fit (the first node's PXE tree and mirror can
+ * outgrow the image's 1.7 GiB ROOT): the node's `size` grows ROOT first, so that is the fix.
+ */
+async function checkRootSpace(image: string, offset: number, entries: readonly Ext4Entry[], node: string, signal: AbortSignal): Promise<void> {
+  const space = await ext4Space(image, { offset }, { signal });
+  let blocks = 0;
+  for (const e of entries) {
+    const bytes = e.type === 'file' ? (e.source !== undefined ? (await stat(e.source)).size : Buffer.byteLength(e.data ?? '')) : 0;
+    // Data blocks, plus one for a directory or an extent block per 128 MiB of file (a generous bound on fragmentation).
+    blocks += Math.ceil(bytes / space.blockSize) + 1 + Math.ceil(bytes / (128 << 20));
+  }
+  if (blocks > space.freeBlocks || entries.length > space.freeInodes) {
+    const mib = (b: number) => Math.ceil((b * space.blockSize) / 1048576);
+    const enough = Math.ceil(((await stat(image)).size + (blocks - space.freeBlocks) * space.blockSize) / 2 ** 30) + 1;
+    throw new InputError(`node "${node}": its ROOT partition has ${mib(space.freeBlocks)} MiB free, the files bramble puts there need ${mib(blocks)} MiB`, {
+      hint: `grow the image and its ROOT: set size = "${enough}GiB" (or more) on node "${node}"`,
+    });
+  }
+}
 
 export async function assembleDiskImage(o: AssembleImageOptions): Promise<void> {
   const { node, ignitionJson, provisioning } = o.rendered;
@@ -67,6 +89,7 @@ export async function assembleDiskImage(o: AssembleImageOptions): Promise<void> 
     // ROOT (ext4): files the plan places there, such as the Kubernetes sysext and its link, root-owned.
     if (o.rendered.rootEntries?.length) {
       const root = partitionBytes(gpt, findPartition(gpt, { label: 'ROOT', typeGuid: PartitionType.flatcarResize }));
+      await checkRootSpace(tmp, root.offset, o.rendered.rootEntries, node.name, o.signal);
       await writeExt4Files(tmp, { offset: root.offset }, o.rendered.rootEntries, { epoch: o.epoch, workDir: o.workDir, signal: o.signal });
       // Added to the base map, never replacing it: blocks ext4 freed may still hold old bytes.
       ranges = mergeRanges([...ranges, ...(await ext4DataRanges(tmp, { offset: root.offset }, { signal: o.signal }))]);
