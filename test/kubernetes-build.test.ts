@@ -131,6 +131,25 @@ describe('bramble build of the example cluster with its Kubernetes content', () 
   };
   const text = (json: string, path: string) => decodeDataUrl(files(json).get(path)!.contents!.source!).toString('utf8');
 
+  test('bramble.lock pins the binaries of both arches with the sha256 upstream publishes for them', async () => {
+    const f = await getFixture();
+    const lock = JSON.parse(await readFile(join(dir, 'bramble.lock'), 'utf8')) as { inputs: Array<{ id: string; version: string; sha256: string; verifiedWith: string }> };
+    const upstreamSha = async (...parts: string[]) => (await readFile(join(f.root, ...parts), 'utf8')).trim().split(/\s+/)[0];
+    for (const arch of ['amd64', 'arm64']) {
+      for (const name of ['kubelet', 'kubeadm', 'kubectl']) {
+        const locked = lock.inputs.find((i) => i.id === `kubernetes-${name}-${arch}`)!;
+        assert.equal(locked.version, '1.33.4');
+        assert.equal(locked.sha256, await upstreamSha('k8s', 'release', 'v1.33.4', 'bin', 'linux', arch, `${name}.sha256`));
+        assert.equal(locked.verifiedWith, `sha256:${name}.sha256`);
+      }
+      const crictl = lock.inputs.find((i) => i.id === `crictl-${arch}`)!;
+      assert.equal(crictl.sha256, await upstreamSha('github', 'kubernetes-sigs', 'cri-tools', 'releases', 'download', 'v1.33.0', `crictl-v1.33.0-linux-${arch}.tar.gz.sha256`));
+      const cni = lock.inputs.find((i) => i.id === `cni-plugins-${arch}`)!;
+      assert.equal(cni.sha256, await upstreamSha('github', 'containernetworking', 'plugins', 'releases', 'download', 'v1.7.1', `cni-plugins-linux-${arch}-v1.7.1.tgz.sha256`));
+      assert.ok(manifest.inputs.some((i) => i.id === `kubernetes-kubelet-${arch}`), 'and listed in manifest.json');
+    }
+  });
+
   test('all three Ignition configs pass the official Ignition schema of their version', async () => {
     for (const [name, json] of configs) {
       const cfg = JSON.parse(json) as IgnitionConfig;
