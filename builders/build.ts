@@ -110,7 +110,16 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
     const registry = fetched.registry;
     const mirror = registry.ok
       ? await stage(events, 'bundle', 'Bundle container images', () =>
-          writeMirrorBundle({ plan: registry.plan, images: fetched.images, cacheDir: o.cacheDir, out, workDir, epoch, signal }),
+          writeMirrorBundle({
+            plan: registry.plan,
+            images: fetched.images,
+            cacheDir: o.cacheDir,
+            serverBaseImage: selected.some((n) => n.name === registry.plan.server.node) ? fetched.inputs.get(`flatcar-image-${registry.plan.server.arch}`)?.derivedPath : undefined,
+            out,
+            workDir,
+            epoch,
+            signal,
+          }),
         )
       : undefined;
     const rendered = await stage(events, 'render', 'Render node configs', async () => {
