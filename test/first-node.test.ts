@@ -94,6 +94,8 @@ describe('[first_node] defaults', () => {
     const dhcp = parseCluster('name = "c"\n[[nodes]]\nname = "cp-1"\nrole = "control-plane"\nhardware = "pc"\n[[nodes]]\nname = "w"\nrole = "worker"\nhardware = "pc"\nboot = "pxe"\nmac = "52:54:00:00:00:01"\n', 'c.toml');
     assert.equal(dhcp.firstNode, undefined);
     assert.equal(cluster('[first_node]\nserve = false').firstNode, undefined);
+    // The services' images travel in the registry bundle.
+    assert.equal(cluster('', '[registry]\nmirror = false').firstNode, undefined);
   });
 });
 

@@ -106,7 +106,7 @@ export function readCluster(t: TomlTable, p: Problems, file: string, baseDir: st
     ...nonEmpty('snippets', readSnippets(nodeTables[d.index]?.snippets, ['nodes', d.index, 'snippets'], p, baseDir, foreign)),
   }));
 
-  const firstNode = readFirstNode(section(t, 'first_node'), nodes, os.base, p);
+  const firstNode = readFirstNode(section(t, 'first_node'), nodes, os.base, registry.mirror !== false, p);
 
   return {
     spec: {

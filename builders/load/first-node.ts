@@ -13,9 +13,10 @@ export const defaultFirstNodeDhcp: FirstNodeDhcp = 'proxy';
 type NodeFacts = Pick<NodeSpec, 'name' | 'role' | 'boot' | 'ip'>;
 
 /** Why the first control-plane node cannot serve the netbooted nodes, or undefined when it can. */
-export function whyFirstNodeCannotServe(nodes: readonly NodeFacts[], base: OsBase): string | undefined {
+export function whyFirstNodeCannotServe(nodes: readonly NodeFacts[], base: OsBase, mirror: boolean): string | undefined {
   if (!nodes.some((n) => n.boot === 'pxe')) return 'no node has boot = "pxe"';
   if (base !== 'flatcar') return `the first node's services run as containers on Flatcar, not os.base = "${base}"`;
+  if (!mirror) return 'the first node\'s services run from images the registry bundle carries, and registry.mirror = false bundles none';
   const first = nodes.find((n) => n.role === 'control-plane');
   if (!first) return 'the cluster has no control-plane node';
   if (first.boot !== 'disk') return `the first control-plane node "${first.name}" netboots itself`;
@@ -23,12 +24,12 @@ export function whyFirstNodeCannotServe(nodes: readonly NodeFacts[], base: OsBas
   return undefined;
 }
 
-export function readFirstNode(t: TomlTable, nodes: readonly NodeFacts[], base: OsBase, p: Problems): FirstNodeSettings | undefined {
+export function readFirstNode(t: TomlTable, nodes: readonly NodeFacts[], base: OsBase, mirror: boolean, p: Problems): FirstNodeSettings | undefined {
   const at = (key: string) => ['first_node', key];
-  const cannot = whyFirstNodeCannotServe(nodes, base);
+  const cannot = whyFirstNodeCannotServe(nodes, base, mirror);
   const explicit = typeof t.serve === 'boolean' ? t.serve : undefined;
   if (explicit === true && cannot) {
-    p.add(at('serve'), `the first node cannot serve the others: ${cannot}`, 'remove serve = true, or make the first control-plane node a disk node with a static IPv4 ip and add netbooted nodes');
+    p.add(at('serve'), `the first node cannot serve the others: ${cannot}`, 'remove serve = true, or give it what it needs: netbooted nodes, Flatcar, registry.mirror, a first control-plane disk node with a static IPv4 ip');
   }
   const serve = (explicit ?? true) && !cannot;
 
