@@ -16,7 +16,7 @@ Usage:
   bramble flash   IMAGE DEVICE...  [--bmap FILE] [--no-verify] [--yes] [--force-non-removable] [--json]
                   IMAGE: .img, .img.zst, .img.xz, .img.bz2 or an http(s) URL; DEVICE: drives or files
   bramble publish [OUTDIR | -c cluster.toml [--out DIR]] --to DEST [--private | --public-only]
-                  [--sign-key FILE | --unsigned] [--compress zstd|xz|none] [--github-api URL] [--json]
+                  [--sign-key FILE | --unsigned] [--compress zstd|xz] [--github-api URL] [--json]
                   DEST: dir://PATH, oci://HOST/REPO:TAG or github://OWNER/REPO@TAG
   bramble verify  OUTDIR | oci://HOST/REPO:TAG  [--key FILE] [--allow-unsigned]
   bramble pull    oci://HOST/REPO:TAG --out DIR [--key FILE] [--allow-unsigned]
@@ -47,7 +47,7 @@ Publish, verify and pull options:
   --sign-key FILE          armored OpenPGP private key signing SHA256SUMS (or $BRAMBLE_SIGNING_KEY;
                            passphrase in $BRAMBLE_SIGNING_KEY_PASSPHRASE)
   --unsigned               publish without a signature
-  --compress FORMAT        disk images as zstd (default), xz, or none
+  --compress FORMAT        disk images as zstd (default) or xz
   --github-api URL         GitHub API base (default $BRAMBLE_GITHUB_API or https://api.github.com);
                            the token comes from $GITHUB_TOKEN
   --key FILE               the armored public key a release must be signed with (default: the

@@ -13,7 +13,7 @@ import { loadSigningKey, SIGNING_KEY_ENV } from './publish-sign.ts';
 import { pullRelease } from './pull-release.ts';
 import { verifyDirectory, type VerifyReport } from './verify-release.ts';
 
-const compressions = ['zstd', 'xz', 'none'] as const;
+const compressions = ['zstd', 'xz'] as const;
 
 /** out/<cluster>/ to publish: the positional OUTDIR, else `--out` (default out/) joined with the config's cluster name. */
 async function clusterDirOf(ctx: CommandContext): Promise<string> {
@@ -30,7 +30,7 @@ const publish: Command = async (ctx) => {
   if (!v.to) throw new UsageError('bramble publish needs --to', { hint: 'use --to dir://PATH, oci://HOST/REPO:TAG or github://OWNER/REPO@TAG' });
   const destination = parseDestination(v.to);
   if (v.private && v['public-only']) throw new UsageError('--private and --public-only contradict each other', { hint: 'choose one' });
-  const compression = (v.compress ?? 'zstd') as Compression | 'none';
+  const compression = (v.compress ?? 'zstd') as Compression;
   if (!compressions.includes(compression)) throw new UsageError(`--compress ${v.compress}: unknown`, { hint: `use one of: ${compressions.join(', ')}` });
   const signingKey = await loadSigningKey(v['sign-key']);
   if (signingKey && v.unsigned) throw new UsageError('--unsigned given together with a signing key', { hint: `drop --unsigned, or unset $${SIGNING_KEY_ENV} and --sign-key` });

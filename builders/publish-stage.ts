@@ -42,7 +42,8 @@ export interface StageOptions {
   private: boolean;
   /** Publish only the artefacts not marked secret. */
   publicOnly: boolean;
-  compression: Compression | 'none';
+  /** How disk images are compressed (they are always compressed: an 8 GiB sparse image is no download). */
+  compression: Compression;
   /** undefined: an unsigned release (the caller has checked --unsigned). */
   signingKey: SigningKey | undefined;
   signal: AbortSignal;
@@ -113,11 +114,11 @@ export async function stageRelease(o: StageOptions): Promise<ReleaseManifest> {
   }
 
   const files: ReleaseFile[] = [];
-  const compressed = o.compression !== 'none' && selected.some((a) => a.kind === 'disk-image');
+  const compressed = selected.some((a) => a.kind === 'disk-image');
   const groups = new Map<string, Artefact[]>();
   for (const a of selected) {
     const { name, archived } = releasePlacement(a.path);
-    const publishedName = !archived && a.kind === 'disk-image' && o.compression !== 'none' ? name + compressionSuffix[o.compression] : name;
+    const publishedName = !archived && a.kind === 'disk-image' ? name + compressionSuffix[o.compression] : name;
     if (!RELEASE_NAME.test(publishedName)) throw new Error(`release name ${publishedName} (from ${a.path}) is not a plain file name`);
     const group = groups.get(publishedName) ?? [];
     if (!archived && group.length > 0) throw new Error(`two artefacts map to the release name ${publishedName}: ${group[0]!.path}, ${a.path}`);
@@ -149,7 +150,7 @@ export async function stageRelease(o: StageOptions): Promise<ReleaseManifest> {
     sourceDateEpoch: build.sourceDateEpoch,
     private: o.private,
     signer: o.signingKey?.fingerprint ?? null,
-    compressor: compressed ? await compressorVersion(o.compression as Compression) : null,
+    compressor: compressed ? await compressorVersion(o.compression) : null,
     versions: versionsOf(build.inputs),
     nodes: build.nodes,
     inputs: build.inputs,
@@ -189,7 +190,7 @@ const metaOf = (a: Artefact) => ({
 /** One artefact as one release file: a disk image compressed, anything else copied; checked and scanned on the way. */
 async function stageSingle(o: StageOptions, build: Manifest, name: string, a: Artefact, dest: string): Promise<ReleaseFile> {
   const scanner = o.private ? undefined : new SecretScanner();
-  const compress = a.kind === 'disk-image' && o.compression !== 'none' ? o.compression : undefined;
+  const compress = a.kind === 'disk-image' ? o.compression : undefined;
   if (compress) {
     const r = await compressFile(join(o.clusterDir, a.path), dest, {
       format: compress,

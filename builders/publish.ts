@@ -68,7 +68,7 @@ export interface PublishOptions {
   destination: Destination;
   private: boolean;
   publicOnly: boolean;
-  compression: Compression | 'none';
+  compression: Compression;
   signingKey: SigningKey | undefined;
   /** GitHub API base URL (tests point it at a loopback stand-in). */
   githubApi?: string;
