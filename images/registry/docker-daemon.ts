@@ -385,10 +385,14 @@ interface FoundImage {
 
 async function configOf(archive: SavedArchive, subject: string, config: Descriptor): Promise<{ platform: Platform; diffIds: string[] }> {
   const file = archive.file(config.digest);
+  if (file.size > JSON_MAX_BYTES) throw new VerificationError(`${subject}: config ${config.digest}`, `at most ${JSON_MAX_BYTES} bytes`, `${file.size} bytes`);
   const bytes = await readFile(file.path);
-  const doc = JSON.parse(bytes.toString('utf8')) as { rootfs?: { diff_ids?: unknown } };
-  const diffIds = Array.isArray(doc.rootfs?.diff_ids) ? (doc.rootfs.diff_ids as string[]) : [];
-  return { platform: configPlatform(bytes, `${subject}: config ${config.digest}`), diffIds };
+  // configPlatform refuses a config that is not JSON, so the parse below cannot fail.
+  const platform = configPlatform(bytes, `${subject}: config ${config.digest}`);
+  const doc = (JSON.parse(bytes.toString('utf8')) ?? {}) as { rootfs?: { diff_ids?: unknown } };
+  const ids = doc.rootfs?.diff_ids;
+  const diffIds = Array.isArray(ids) && ids.every((d) => typeof d === 'string') ? (ids as string[]) : [];
+  return { platform, diffIds };
 }
 
 /** Docker >= 25: the manifest (or index) index.json names for this image, as Docker wrote it. */
