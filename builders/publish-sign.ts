@@ -63,10 +63,18 @@ export async function loadSigningKey(file: string | undefined, env: NodeJS.Proce
   return { key, fingerprint: key.getFingerprint(), publicArmored: key.toPublic().armor() };
 }
 
-/** An armored detached signature over `data`, as a binary document (what gpg --detach-sign makes). */
-export async function signDetached(data: Uint8Array, key: SigningKey): Promise<string> {
+/**
+ * An armored detached signature over `data`, as a binary document (what gpg --detach-sign makes).
+ * It is dated `epoch` (the release's SOURCE_DATE_EPOCH), or the key's creation if that is later (a
+ * signature older than its key is invalid), and without openpgp.js's random salt notation: with a
+ * deterministic algorithm (EdDSA, RSA) the same key and SHA256SUMS give the same signature bytes, so
+ * publishing again changes nothing. (The salt guards EdDSA against fault attacks on the signing
+ * machine; a release is signed once per SHA256SUMS, where determinism is worth more.)
+ */
+export async function signDetached(data: Uint8Array, key: SigningKey, epoch: number): Promise<string> {
   const message = await openpgp.createMessage({ binary: data });
-  return (await openpgp.sign({ message, signingKeys: key.key, detached: true, format: 'armored' })) as string;
+  const date = new Date(Math.max(epoch * 1000, key.key.getCreationTime().getTime()));
+  return (await openpgp.sign({ message, signingKeys: key.key, detached: true, format: 'armored', date, config: { nonDeterministicSignaturesViaNotation: false } })) as string;
 }
 
 /** Parse armored public key(s) (a key file given to verify, or a release's signing-key.asc). */

@@ -162,7 +162,7 @@ export async function stageRelease(o: StageOptions): Promise<ReleaseManifest> {
     formatChecksums([...files, { name: releaseNames.manifest, sha256: createHash('sha256').update(manifestBytes).digest('hex') }]),
   );
   await writeFile(join(o.stageDir, releaseNames.checksums), sums, { mode: 0o644 });
-  if (o.signingKey) await writeFile(join(o.stageDir, releaseNames.signature), await signDetached(sums, o.signingKey), { mode: 0o644 });
+  if (o.signingKey) await writeFile(join(o.stageDir, releaseNames.signature), await signDetached(sums, o.signingKey, build.sourceDateEpoch), { mode: 0o644 });
   return manifest;
 }
 
