@@ -12,6 +12,7 @@ export const toolPackages: Record<string, string> = {
   dumpe2fs: 'e2fsprogs',
   mdeltree: 'mtools',
   setpriv: 'util-linux',
+  taskset: 'util-linux',
   filefrag: 'e2fsprogs',
   chown: 'coreutils',
   sync: 'coreutils',

@@ -39,11 +39,11 @@ const CHUNK = 4 * 1024 * 1024;
 const ZEROS = Buffer.alloc(CHUNK);
 
 /** The tool's command line for a format, given the input size. */
-export function compressorArgs(format: Compression, inputSize: number, threads = availableParallelism()): { tool: string; args: string[] } {
+export function compressorArgs(format: Compression, inputSize: number, threads?: number): { tool: string; args: string[] } {
   if (format === 'zstd') {
-    return { tool: 'zstd', args: ['-q', '-c', '-T0', `--long=${ZSTD_WINDOW_LOG}`, `-${ZSTD_LEVEL}`, `--stream-size=${inputSize}`] };
+    return { tool: 'zstd', args: ['-q', '-c', `-T${threads ?? 0}`, `--long=${ZSTD_WINDOW_LOG}`, `-${ZSTD_LEVEL}`, `--stream-size=${inputSize}`] };
   }
-  return { tool: 'xz', args: ['-q', '-c', `-T+${Math.max(1, threads)}`, `-${XZ_PRESET}`] };
+  return { tool: 'xz', args: ['-q', '-c', `-T+${Math.max(1, threads ?? availableParallelism())}`, `-${XZ_PRESET}`] };
 }
 
 /** `zstd 1.5.4` / `xz 5.4.1`: the version of the tool that made the bytes, for the release manifest. */
@@ -101,6 +101,8 @@ export interface CompressOptions {
   dataRanges?: readonly ByteRange[];
   /** Sees every uncompressed byte, in order, before the compressor does. */
   onInput?: (chunk: Buffer) => void;
+  /** Compressor threads (default: every CPU); the output does not depend on it. */
+  threads?: number;
   signal?: AbortSignal;
 }
 
@@ -125,7 +127,7 @@ export async function compressFile(source: string, dest: string, o: CompressOpti
       yield chunk;
     }
   }
-  const { tool, args } = compressorArgs(o.format, o.size);
+  const { tool, args } = compressorArgs(o.format, o.size, o.threads);
   const tmp = `${dest}.tmp-${process.pid}`;
   const outputHash = createHash('sha256');
   let size = 0;
