@@ -1,13 +1,17 @@
-// The static PXE tree: Flatcar's PXE kernel and initrd per arch and version, iPXE binaries, boot.ipxe,
+// The static PXE tree: Flatcar's PXE kernel and initrd per arch and version (and, for install = true
+// nodes, its disk image with the detached signature flatcar-install checks), iPXE binaries, boot.ipxe,
 // one script and one config initrd per netbooted node, and dnsmasq configs (full DHCP and proxyDHCP).
-import { readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { copyFile, readFile, rm, stat } from 'node:fs/promises';
+import { posix } from 'node:path';
 import { InputError } from './errors.ts';
 import type { StageContext } from './events.ts';
 import type { FetchedInput } from './fetch.ts';
 import { layout } from './layout.ts';
-import type { OutputWriter } from './output.ts';
-import { buildNodeCpio, renderBootIpxe, renderDnsmasq, renderNodeIpxe, type DnsmasqOptions } from './pxe-render.ts';
-import type { ClusterSpec, NodeSpec } from './spec.ts';
+import { sha256File, type OutputWriter } from './output.ts';
+import { buildNodeCpio, INSTALL_IMAGE, renderBootIpxe, renderDnsmasq, renderNodeIpxe, type DnsmasqOptions } from './pxe-render.ts';
+import type { Arch, ClusterSpec, NodeSpec } from './spec.ts';
+import { flatcarInputId } from '../images/catalog/flatcar.ts';
 import { ipxeInputId } from '../images/catalog/boot-firmware.ts';
 import { ipxeBinaries } from './versions.ts';
 import { sysextTreePath } from './kubernetes-content.ts';
@@ -49,6 +53,24 @@ function input(inputs: Map<string, FetchedInput>, id: string): FetchedInput {
   return i;
 }
 
+/**
+ * Whether install = true nodes of `arch` fetch Flatcar's disk image (and its .sig) from the tree:
+ * when some of the build's netbooted nodes install and the first node serves the tree. Otherwise the
+ * tree carries no image and flatcar-install asks the release server.
+ */
+export function treeServesInstallImage(spec: ClusterSpec, nodes: readonly NodeSpec[], arch: Arch): boolean {
+  return pxeHttpBase(spec) !== undefined && nodes.some((n) => n.boot === 'pxe' && n.install && n.arch === arch);
+}
+
+/** flatcar-install -b for the tree: it appends `/<version>/<image>`, which is layout.pxeAsset's path. */
+export function treeInstallImageBase(spec: ClusterSpec, arch: Arch): string {
+  const httpBase = pxeHttpBase(spec);
+  if (!httpBase) throw new Error('treeInstallImageBase: the tree is not served over HTTP');
+  const asset = layout.pxeAsset(arch, '<version>', INSTALL_IMAGE);
+  const dir = posix.dirname(posix.dirname(asset)).slice(`${layout.pxeDir}/`.length);
+  return new URL(dir, httpBase).toString();
+}
+
 /** Where the tree is served over HTTP: the first control-plane node with a static address, port 8080. */
 export function pxeHttpBase(spec: ClusterSpec): string | undefined {
   const server = spec.nodes.find((n) => n.role === 'control-plane' && n.boot === 'disk' && n.ip);
@@ -71,6 +93,12 @@ export async function assemblePxe(o: AssemblePxeOptions): Promise<void> {
         arch,
         secret: false,
       });
+    }
+  }
+  for (const arch of arches) {
+    if (treeServesInstallImage(o.spec, o.nodes.map((n) => n.node), arch)) await writeInstallImage(o, arch);
+    else if (o.nodes.some((n) => n.node.install && n.node.arch === arch)) {
+      o.events({ kind: 'warning', message: `install = true nodes (${arch}) download Flatcar from the release server: no control-plane node with a static ip serves the PXE tree` });
     }
   }
   for (const arch of arches) {
@@ -107,6 +135,32 @@ export async function assemblePxe(o: AssemblePxeOptions): Promise<void> {
   await writeDnsmasqConfigs(o);
 }
 
+/**
+ * The verified Flatcar disk image and its upstream detached signature, where flatcar-install -b asks
+ * for them. The image is copied (a reflink where the filesystem can), and left alone when the tree
+ * already has these bytes.
+ */
+async function writeInstallImage(o: AssemblePxeOptions, arch: Arch) {
+  const image = input(o.inputs, flatcarInputId('image', arch));
+  if (!image.signature) throw new Error(`assemble-pxe: the ${arch} image was fetched without its signature`);
+  const rel = layout.pxeAsset(arch, o.version, INSTALL_IMAGE);
+  const meta = { kind: 'pxe-asset' as const, target: 'pxe' as const, arch, secret: false };
+  const dest = o.out.path(rel);
+  const present = await stat(dest).then((st) => st.isFile() && st.size === image.size, () => false);
+  if (present && (await sha256File(dest, o.signal)) === image.sha256) {
+    await o.out.recordFile(rel, meta);
+  } else {
+    const tmp = await o.out.tempPathFor(rel);
+    try {
+      await copyFile(image.path, tmp, constants.COPYFILE_FICLONE);
+      await o.out.adoptFile(rel, tmp, meta);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+  await o.out.writeFile(`${rel}.sig`, image.signature.data, meta);
+}
 
 /**
  * What every dnsmasq config of the cluster shares (boot subnet, leases, boot files, HTTP boot URL),

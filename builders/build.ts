@@ -8,7 +8,7 @@ import { mergeSnippet, parseSnippet } from '../ignition/snippets.ts';
 import { provisionNode, type ProvisioningSpec } from '../overlays/provision.ts';
 import { assembleDiskImage } from './assemble-disk.ts';
 import { assembleHypriotImage } from './assemble-hypriot.ts';
-import { assemblePxe, type PxeNodeConfig } from './assemble-pxe.ts';
+import { assemblePxe, treeInstallImageBase, treeServesInstallImage, type PxeNodeConfig } from './assemble-pxe.ts';
 import { withContext } from './errors.ts';
 import type { EventSink, StageContext } from './events.ts';
 import { fetchInputs, type FetchedInput } from './fetch.ts';
@@ -19,7 +19,7 @@ import { planBuild, type BuildPlan } from './plan.ts';
 import { renderInstallerProvisioning } from './pxe-render.ts';
 import { renderCloudInit } from '../overlays/cloudinit.ts';
 import type { Arch, ClusterSpec, NodeSpec, Target } from './spec.ts';
-import { flatcarChannelBase } from '../images/catalog/flatcar.ts';
+import { flatcarChannelBase, flatcarInputId } from '../images/catalog/flatcar.ts';
 import { flatcarBoard } from './spec.ts';
 import {
   kubernetesApplies,
@@ -192,7 +192,7 @@ async function assembleAll(o: AssembleAllOptions): Promise<void> {
     await assemblePxe({
       spec,
       version: o.version,
-      nodes: pxe.map((r) => pxeNodeConfig(spec, o.version, r)),
+      nodes: pxe.map((r) => pxeNodeConfig(spec, o.version, r, pxe.map((p) => p.node), o.inputs)),
       inputs: o.inputs,
       out,
       epoch: o.epoch,
@@ -256,15 +256,21 @@ function targetOf(n: NodeSpec): Target {
   return n.boot === 'pxe' ? 'pxe' : n.hardware;
 }
 
-/** A netbooted node boots its own Ignition, or for install = true, an installer that writes it to disk. */
-function pxeNodeConfig(spec: ClusterSpec, version: string, r: RenderedNode): PxeNodeConfig {
+/**
+ * A netbooted node boots its own Ignition, or for install = true, an installer that writes it to disk
+ * with its kernel arguments, from the image in the PXE tree when the first node serves it.
+ */
+function pxeNodeConfig(spec: ClusterSpec, version: string, r: RenderedNode, pxeNodes: readonly NodeSpec[], inputs: Map<string, FetchedInput>): PxeNodeConfig {
   const sysext = r.sysext && { path: r.sysext.path, fileName: r.sysext.fileName };
   if (!r.node.install) return { node: r.node, ignitionJson: r.ignitionJson!, kernelArgs: r.provisioning.kernelArgs, sysext };
+  const fromTree = treeServesInstallImage(spec, pxeNodes, r.node.arch);
   const installer = renderInstallerProvisioning(r.node, r.ignitionJson!, {
     channel: spec.os.channel,
     version,
-    imageBaseUrl: `${flatcarChannelBase(spec.sources, spec.os.channel)}/${flatcarBoard(r.node.arch)}`,
-    signingKey: spec.sources.trustedKeys[0],
+    imageBaseUrl: fromTree ? treeInstallImageBase(spec, r.node.arch) : `${flatcarChannelBase(spec.sources, spec.os.channel)}/${flatcarBoard(r.node.arch)}`,
+    signingKey: fromTree ? inputs.get(flatcarInputId('image', r.node.arch))?.signature?.publicKey : spec.sources.trustedKeys[0],
+    // As on a disk image: Flatcar's GRUB passes its own consoles, the OEM grub.cfg the rest.
+    installedKernelArgs: r.provisioning.kernelArgs.filter((a) => !a.startsWith('console=')),
     sshAuthorizedKeys: spec.ssh.authorizedKeys,
   });
   // The installer is the node's netboot, so it gets the node's kernel arguments ([provision] and its own).

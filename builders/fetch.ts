@@ -1,7 +1,9 @@
 // The fetch stage: decide which upstream inputs the selected nodes need, bring each into the cache
 // verified in its upstream's own format (or against bramble.lock), derive the sparse disk images, and
 // return what was resolved as the new lock. With a lock and a warm cache it makes no request at all.
+import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
+import * as openpgp from 'openpgp';
 import { HostError, InputError, VerificationError, withContext } from './errors.ts';
 import type { EventSink } from './events.ts';
 import type { LockedInput, LockFile } from './lockfile.ts';
@@ -11,6 +13,7 @@ import { fetchBlob, fetchSmall, fetchText, NotFoundError, type CandidateFile, ty
 import { deriveImage, type DerivedImage } from '../images/derived.ts';
 import {
   expectDigest,
+  FLATCAR_KEY_FILE,
   loadTrustedKeys,
   parseChecksumFile,
   parseFlatcarDigests,
@@ -18,7 +21,7 @@ import {
   verifyDetachedSignature,
   type TrustedKeys,
 } from '../images/verify.ts';
-import { checkFlatcarVersion, flatcarInput, flatcarVersionTxtUrl, parseVersionTxt } from '../images/catalog/flatcar.ts';
+import { checkFlatcarVersion, flatcarInput, flatcarInputId, flatcarVersionTxtUrl, parseVersionTxt } from '../images/catalog/flatcar.ts';
 import { hypriotInput, hypriotVersion } from '../images/catalog/hypriot.ts';
 import type { InputSource } from '../images/catalog/input.ts';
 import { ipxeInputs, rpi4FirmwareInput } from '../images/catalog/boot-firmware.ts';
@@ -26,6 +29,7 @@ import { kubernetesInputs } from '../images/catalog/kubernetes.ts';
 import { rpi4FirmwareVersion } from './versions.ts';
 import type { PulledImage } from '../images/registry/types.ts';
 import { IMAGE_LOCK_PREFIX, planRegistryBundle, pullBundleImages, type RegistryBundleDecision } from './registry-content.ts';
+import { treeServesInstallImage } from './assemble-pxe.ts';
 
 export interface FetchedInput {
   id: string;
@@ -41,6 +45,18 @@ export interface FetchedInput {
   derivedPath?: string;
   /** [start, end) byte ranges of data in derivedPath. */
   dataRanges?: Array<[number, number]>;
+  /** A Flatcar image install = true nodes fetch from the PXE tree: its upstream `.sig`, verified. */
+  signature?: DetachedSignature;
+}
+
+/** A detached signature kept beside an image for flatcar-install, which verifies with gpg. */
+export interface DetachedSignature {
+  /** The `.sig` bytes as upstream published them. */
+  data: Buffer;
+  /** Fingerprint of the (sub)key that made the signature. */
+  signer: string;
+  /** The armored trusted public key holding that signer (flatcar-install -k). */
+  publicKey: string;
 }
 
 export interface FetchOptions {
@@ -92,6 +108,8 @@ export function neededInputs(spec: ClusterSpec, version: string, targets?: reado
   for (const arch of archesOf(nodes)) {
     const mine = nodes.filter((n) => n.arch === arch);
     if (mine.some((n) => n.boot === 'disk')) out.push(flatcarInput(spec.sources, spec.os.channel, arch, version, 'image'));
+    // Only installers read it, as the compressed file: nothing to derive.
+    else if (treeServesInstallImage(spec, mine, arch)) out.push({ ...flatcarInput(spec.sources, spec.os.channel, arch, version, 'image'), derive: undefined });
     if (mine.some((n) => n.boot === 'pxe')) {
       out.push(flatcarInput(spec.sources, spec.os.channel, arch, version, 'pxe-kernel'));
       out.push(flatcarInput(spec.sources, spec.os.channel, arch, version, 'pxe-cpio'));
@@ -124,13 +142,16 @@ export async function fetchInputs(spec: ClusterSpec, opts: FetchOptions): Promis
   const keys = lazyKeys(spec.sources.trustedKeys);
   try {
     const version = await resolveOsVersion(spec, lock, opts.targets, ctx);
+    const nodes = spec.nodes.filter((n) => !opts.targets?.length || opts.targets.includes(targetOf(n)));
     const inputs = new Map<string, FetchedInput>();
     for (const source of neededInputs(spec, version, opts.targets, { kubernetes: opts.kubernetes })) {
       const locked = lock?.inputs.find((i) => i.id === source.id);
-      inputs.set(source.id, await fetchInput(cache, source, { ...ctx, keys, locked }));
+      const fetched = await fetchInput(cache, source, { ...ctx, keys, locked });
+      const installed = spec.os.base === 'flatcar' && archesOf(nodes).some((a) => source.id === flatcarInputId('image', a) && treeServesInstallImage(spec, nodes, a));
+      if (installed) fetched.signature = await keepDetachedSignature(cache, source, fetched, { ...ctx, keys }, spec.sources.trustedKeys);
+      inputs.set(source.id, fetched);
     }
     // Container images for the registry mirror, pinned by digest in the lock (even one made for another OS).
-    const nodes = spec.nodes.filter((n) => !opts.targets?.length || opts.targets.includes(targetOf(n)));
     const registry: RegistryBundleDecision = opts.kubernetes ? planRegistryBundle(spec, nodes) : { ok: false, reason: 'the build carries no Kubernetes' };
     const pulled = registry.ok
       ? await pullBundleImages(registry.plan, { spec, cacheDir: opts.cacheDir, lock: opts.lock, offline: opts.offline, signal: opts.signal, events: opts.events })
@@ -276,4 +297,65 @@ async function verifyUpstream(source: InputSource, file: CandidateFile, ctx: Inp
   const signedDigests = parseFlatcarDigests(signed.text, name, check.digestsAscUrl);
   expectDigest(source.url, 'sha512', signedDigests.sha512!, file.sha512, basename(check.digestsAscUrl));
   return `sha512:${basename(check.digestsAscUrl)}+openpgp:${signed.signer}`;
+}
+
+/** The cache's record of a verified detached signature, under the digest of the blob it signs. */
+const SIGNATURE_KIND = 'detached-signature';
+interface SignatureRecord {
+  url: string;
+  signer: string;
+  signature: string;
+}
+
+/**
+ * The image's upstream `.sig`, verified over the cached image against the trusted keys, kept in the
+ * cache so that a later (or offline) build serves the same bytes. flatcar-install checks it with gpg
+ * and the key returned here, so a mirror that publishes only a clearsigned DIGESTS cannot feed installers.
+ */
+async function keepDetachedSignature(cache: Cache, source: InputSource, image: FetchedInput, ctx: InputContext, trustedArmored: readonly string[]): Promise<DetachedSignature> {
+  if (source.check.kind !== 'flatcar-digests') throw new Error(`keepDetachedSignature: ${source.id} is not a Flatcar release file`);
+  const url = source.check.signatureUrl;
+  const recordPath = cache.derivedPath(SIGNATURE_KIND, image.sha256);
+  let record: SignatureRecord | undefined;
+  try {
+    record = JSON.parse(await readFile(recordPath, 'utf8')) as SignatureRecord;
+  } catch {
+    record = undefined;
+  }
+  // A record is trusted as the blob is (verified when it entered), as long as its signer is still trusted.
+  const cachedKey = record && (await armoredKeyHolding(record.signer, trustedArmored));
+  if (record && cachedKey) return { data: Buffer.from(record.signature, 'base64'), signer: record.signer, publicKey: cachedKey };
+  if (ctx.offline) {
+    throw new HostError(`${url} is needed for install = true nodes (flatcar-install verifies the image with it), is not in the cache, and --offline forbids the request`, {
+      hint: 'run `bramble fetch` first, online, or drop --offline',
+    });
+  }
+  let data: Buffer;
+  try {
+    data = await fetchSmall(url, ctx);
+  } catch (e) {
+    if (!(e instanceof NotFoundError)) throw e;
+    throw new InputError(`install = true needs ${url}: flatcar-install verifies the image it downloads with that detached signature, and the source does not publish it`, {
+      hint: 'point sources.flatcar at a release server or mirror that publishes .sig files, or flash these nodes a disk image instead (boot = "disk")',
+    });
+  }
+  const signer = await verifyDetachedSignature(source.url, image.path, data, await ctx.keys());
+  const publicKey = await armoredKeyHolding(signer, trustedArmored);
+  if (!publicKey) throw new Error(`keepDetachedSignature: no trusted key holds signer ${signer}`);
+  await cache.writeAtomic(recordPath, JSON.stringify({ url, signer, signature: data.toString('base64') } satisfies SignatureRecord, null, 2) + '\n');
+  return { data, signer, publicKey };
+}
+
+/** The armored trusted key (Flatcar's shipped key or one of sources.trustedKeys) whose primary key or subkey is `fingerprint`. */
+async function armoredKeyHolding(fingerprint: string, trustedArmored: readonly string[]): Promise<string | undefined> {
+  for (const armored of [await readFile(FLATCAR_KEY_FILE, 'utf8'), ...trustedArmored]) {
+    let keys: openpgp.Key[];
+    try {
+      keys = await openpgp.readKeys({ armoredKeys: armored });
+    } catch {
+      continue;
+    }
+    if (keys.some((k) => [k, ...k.subkeys].some((s) => s.getFingerprint() === fingerprint))) return armored;
+  }
+  return undefined;
 }

@@ -14,6 +14,7 @@ import { UsageError } from './errors.ts';
 import { servedPorts, withServedNodes } from './first-node.ts';
 import { firstNodeImages, portText, servingNode } from '../overlays/first-node/services.ts';
 import { layout } from './layout.ts';
+import { treeServesInstallImage } from './assemble-pxe.ts';
 import { apiServiceIp, clusterDnsIp } from './load/network.ts';
 import type { LockFile } from './lockfile.ts';
 import type { Arch, BootMode, ClusterSpec, Cni, FlatcarChannel, Hardware, NodeSpec, OsBase, Role, Target } from './spec.ts';
@@ -301,8 +302,11 @@ function planArtefacts(spec: ClusterSpec, nodes: NodeSpec[], osVersion: string):
     for (const arch of archesOf(pxe)) {
       add(layout.pxeAsset(arch, osVersion, flatcarFiles['pxe-kernel']), 'pxe-asset', 'pxe', arch, false);
       add(layout.pxeAsset(arch, osVersion, flatcarFiles['pxe-cpio']), 'pxe-asset', 'pxe', arch, false);
-      // flatcar-install on an install=true node writes this image to its disk.
-      if (pxe.some((n) => n.arch === arch && n.install)) add(layout.pxeAsset(arch, osVersion, flatcarFiles.image), 'pxe-asset', 'pxe', arch, false);
+      // flatcar-install on an install=true node writes this image to its disk, checked with its .sig.
+      if (treeServesInstallImage(spec, pxe, arch)) {
+        add(layout.pxeAsset(arch, osVersion, flatcarFiles.image), 'pxe-asset', 'pxe', arch, false);
+        add(`${layout.pxeAsset(arch, osVersion, flatcarFiles.image)}.sig`, 'pxe-asset', 'pxe', arch, false);
+      }
       for (const file of ipxeBinaries(arch)) add(layout.pxeIpxeBinary(file), 'pxe-asset', 'pxe', arch, false);
       if (kubernetesApplies(spec, nodes).ok) add(sysextTreePath(sysextFileName(spec.kubernetes.version, arch)), 'sysext', 'pxe', arch, false);
     }
@@ -321,7 +325,7 @@ function planInputs(spec: ClusterSpec, nodes: NodeSpec[], osVersion: string): Pl
   } else {
     for (const arch of archesOf(nodes)) {
       const mine = nodes.filter((n) => n.arch === arch);
-      if (mine.some((n) => n.boot === 'disk' || n.install)) {
+      if (mine.some((n) => n.boot === 'disk') || treeServesInstallImage(spec, mine, arch)) {
         add(flatcarInputId('image', arch), `Flatcar ${channel} disk image (${flatcarFiles.image}), DIGESTS and signature`, osVersion, arch);
       }
       if (mine.some((n) => n.boot === 'pxe')) {

@@ -7,9 +7,10 @@ import { InputError } from './errors.ts';
 import { layout } from './layout.ts';
 import type { NodeSpec } from './spec.ts';
 import { writeCpio } from '../images/cpio.ts';
+import { flatcarFiles } from '../images/catalog/flatcar.ts';
 import { gzipDeterministic } from '../images/gzip.ts';
 import { systemdQuote } from '../ignition/render.ts';
-import { addFile, addUnit, consoleArgs, FLATCAR_USER, HOSTNAME_PATH, type ProvisioningSpec } from '../overlays/provision.ts';
+import { addFile, addUnit, consoleArgs, FLATCAR_USER, HOSTNAME_PATH, renderOemGrubCfg, type ProvisioningSpec } from '../overlays/provision.ts';
 import { DEFAULT_INTERFACE_GLOBS } from '../overlays/network.ts';
 import { renderTemplate } from '../overlays/render-templates.ts';
 
@@ -204,7 +205,10 @@ export function renderDnsmasq(o: DnsmasqOptions): string {
 export interface InstallerOptions {
   /** Target disk; default /dev/sda. */
   disk?: string;
-  /** flatcar-install -b: where the node downloads flatcar_production_image.bin.bz2 (+ .sig) from, e.g. our HTTP server; default Flatcar's release server. */
+  /**
+   * flatcar-install -b: it downloads `<base>/<version>/flatcar_production_image.bin.bz2` and its `.sig`
+   * (installImageUrl), e.g. from the first node's PXE tree; default Flatcar's release server.
+   */
   imageBaseUrl?: string;
   /** flatcar-install -V; default `current` of the channel. */
   version?: string;
@@ -212,6 +216,11 @@ export interface InstallerOptions {
   channel?: string;
   /** Armored public key that signed the image (flatcar-install -k); default the key inside flatcar-install. */
   signingKey?: string;
+  /**
+   * Kernel arguments of the installed system: written as the OEM partition's grub.cfg beside the
+   * config.ign flatcar-install puts there, as a bramble disk image carries them. None: no grub.cfg.
+   */
+  installedKernelArgs?: string[];
   /** SSH keys for `core` during the install, for debugging. */
   sshAuthorizedKeys?: string[];
 }
@@ -219,7 +228,38 @@ export interface InstallerOptions {
 export const INSTALLER_UNIT = 'bramble-install.service';
 export const INSTALLED_IGNITION_PATH = '/opt/bramble/installed.ign';
 export const INSTALLER_KEY_PATH = '/opt/bramble/image-signing-key.asc';
+export const INSTALLED_GRUB_CFG_PATH = '/opt/bramble/installed-grub.cfg';
+export const INSTALLER_OEM_GRUB_SCRIPT = '/opt/bramble/install-oem-grub';
 export const DEFAULT_INSTALL_DISK = '/dev/sda';
+/** The generic image, as bramble's disk images use: `-o ""` keeps an OEM id of the netboot out of the name. */
+export const INSTALL_IMAGE = flatcarFiles.image;
+
+/** The URL flatcar-install downloads the image from for `-b base -V version -o ""` (its `.sig` is this plus `.sig`). */
+export function installImageUrl(imageBaseUrl: string, version: string): string {
+  return `${imageBaseUrl.replace(/\/$/, '')}/${version}/${INSTALL_IMAGE}`;
+}
+
+/**
+ * Run after flatcar-install with the disk and the grub.cfg: mounts the disk's OEM partition (found by
+ * label among the disk's partitions, as flatcar-install finds it) and puts grub.cfg there.
+ */
+const OEM_GRUB_SCRIPT = `#!/bin/bash
+# Written by bramble: copies the installed system's grub.cfg (its kernel arguments) to the OEM
+# partition of the disk flatcar-install just wrote, beside the config.ign flatcar-install put there.
+set -euo pipefail
+disk=$1
+cfg=$2
+udevadm settle
+oem=$(blkid -l -t LABEL=OEM -o device "$disk"*)
+if [[ -z $oem ]]; then
+  echo "no partition labelled OEM on $disk" >&2
+  exit 1
+fi
+mnt=$(mktemp -d)
+mount "$oem" "$mnt"
+trap 'umount "$mnt"; rmdir "$mnt"' EXIT
+install -m 0644 "$cfg" "$mnt/grub.cfg"
+`;
 
 /** The provisioning of an install-to-disk netboot: flatcar-install with the node's own Ignition, then reboot. */
 export function renderInstallerProvisioning(node: NodeSpec, installedIgnitionJson: string, o: InstallerOptions = {}): ProvisioningSpec {
@@ -239,7 +279,7 @@ export function renderInstallerProvisioning(node: NodeSpec, installedIgnitionJso
   };
   addFile(p, { path: HOSTNAME_PATH, mode: 0o644, contents: `${node.name}\n`, overwrite: true });
   addFile(p, { path: INSTALLED_IGNITION_PATH, mode: NODE_CONFIG_MODE, contents: installedIgnitionJson });
-  const argv = ['/usr/bin/flatcar-install', '-d', disk, '-i', INSTALLED_IGNITION_PATH];
+  const argv = ['/usr/bin/flatcar-install', '-d', disk, '-i', INSTALLED_IGNITION_PATH, '-o', ''];
   if (node.arch === 'arm64') argv.push('-B', 'arm64-usr');
   if (o.channel) argv.push('-C', o.channel);
   if (o.version) argv.push('-V', o.version);
@@ -248,10 +288,22 @@ export function renderInstallerProvisioning(node: NodeSpec, installedIgnitionJso
     addFile(p, { path: INSTALLER_KEY_PATH, mode: 0o644, contents: o.signingKey });
     argv.push('-k', INSTALLER_KEY_PATH);
   }
+  let oemGrubCommand: string | null = null;
+  if (o.installedKernelArgs?.length) {
+    addFile(p, { path: INSTALLED_GRUB_CFG_PATH, mode: 0o644, contents: renderOemGrubCfg(node.name, o.installedKernelArgs) });
+    addFile(p, { path: INSTALLER_OEM_GRUB_SCRIPT, mode: 0o755, contents: OEM_GRUB_SCRIPT });
+    oemGrubCommand = [INSTALLER_OEM_GRUB_SCRIPT, disk, INSTALLED_GRUB_CFG_PATH].map(systemdQuote).join(' ');
+  }
   addUnit(p, {
     name: INSTALLER_UNIT,
     enabled: true,
-    contents: renderTemplate('installer.service', { node: node.name, disk, command: argv.map(systemdQuote).join(' '), configPath: INSTALLED_IGNITION_PATH }),
+    contents: renderTemplate('installer.service', {
+      node: node.name,
+      disk,
+      command: argv.map(systemdQuote).join(' '),
+      configPath: INSTALLED_IGNITION_PATH,
+      oemGrubCommand,
+    }),
   });
   return p;
 }

@@ -34,7 +34,7 @@ export interface TemplateContexts {
     dns: string[];
   };
   'oem-grub.cfg': { node: string; oemId: string | null; args: string };
-  'installer.service': { node: string; disk: string; command: string; configPath: string };
+  'installer.service': { node: string; disk: string; command: string; configPath: string; oemGrubCommand: string | null };
   'first-boot.service': { commands: string[]; stamp: string };
 }
 

@@ -11,7 +11,7 @@ import { gunzipSync } from 'node:zlib';
 import { run } from '../builders/exec.ts';
 import { layout, macHyphen } from '../builders/layout.ts';
 import type { Manifest } from '../builders/output.ts';
-import { INSTALLED_IGNITION_PATH, INSTALLER_KEY_PATH, INSTALLER_UNIT } from '../builders/pxe-render.ts';
+import { INSTALLED_GRUB_CFG_PATH, INSTALLED_IGNITION_PATH, INSTALLER_KEY_PATH, INSTALLER_OEM_GRUB_SCRIPT, INSTALLER_UNIT } from '../builders/pxe-render.ts';
 import type { IgnitionConfig } from '../ignition/model.ts';
 import { decodeDataUrl } from '../ignition/validate.ts';
 import { getFixture, type Fixture } from './helpers/fixture.ts';
@@ -84,6 +84,8 @@ test('build --target pxe: every file of the tree is in manifest.json and SHA256S
     layout.dnsmasqProxyConf,
     ...['undionly.kpxe', 'ipxe.efi', 'snponly.efi'].map((b) => layout.pxeIpxeBinary(b)),
     ...['flatcar_production_pxe.vmlinuz', 'flatcar_production_pxe_image.cpio.gz'].map((a) => layout.pxeAsset('amd64', f.flatcar.find((r) => r.channel === 'stable' && r.board === 'amd64-usr' && r.current)!.version, a)),
+    // w-3 has install = true: flatcar-install fetches the disk image and its signature from the tree.
+    ...['flatcar_production_image.bin.bz2', 'flatcar_production_image.bin.bz2.sig'].map((a) => layout.pxeAsset('amd64', f.flatcar.find((r) => r.channel === 'stable' && r.board === 'amd64-usr' && r.current)!.version, a)),
     ...CLUSTER.nodes.flatMap((n) => nodeFiles(n.mac)),
     // When the build carries Kubernetes, netbooted nodes download its sysext from the tree.
     ...manifest.artefacts.filter((a) => a.kind === 'sysext' && a.path.startsWith(`${layout.pxeDir}/`)).map((a) => a.path),
@@ -207,13 +209,20 @@ test('build --target pxe: install = true boots an installer whose Ignition runs 
   const version = manifest.inputs.find((i) => i.id === 'flatcar-pxe-kernel-amd64')!.version;
   assert.equal(opt('-V'), version);
   assert.equal(opt('-k'), INSTALLER_KEY_PATH);
-  assert.deepEqual(exec.slice(1), ['ExecStart=/usr/bin/udevadm settle', 'ExecStart=/usr/bin/systemctl --no-block reboot']);
+  assert.deepEqual(exec.slice(1), [
+    `ExecStart=${INSTALLER_OEM_GRUB_SCRIPT} /dev/sda ${INSTALLED_GRUB_CFG_PATH}`,
+    'ExecStart=/usr/bin/udevadm settle',
+    'ExecStart=/usr/bin/systemctl --no-block reboot',
+  ]);
   const key = cfg.storage!.files!.find((x) => x.path === INSTALLER_KEY_PATH)!;
   assert.equal(decodeDataUrl(key.contents!.source!).toString(), await readFile(f.keys.signingPublicInTree, 'utf8'), 'the image is verified with the trusted key');
-  // flatcar-install downloads <base>/<version>/flatcar_production_image.bin.bz2 and its .sig: both exist upstream.
+  // flatcar-install downloads <base>/<version>/flatcar_production_image.bin.bz2 and its .sig: both are in
+  // the tree cp-1 serves (test/pxe-install.test.ts checks their bytes and the signature).
+  const treeBase = `http://${CLUSTER.controlPlaneIp}:8080/`;
   for (const file of ['flatcar_production_image.bin.bz2', 'flatcar_production_image.bin.bz2.sig']) {
-    const res = await fetch(`${opt('-b')}/${version}/${file}`, { method: 'HEAD' });
-    assert.equal(res.status, 200, `${opt('-b')}/${version}/${file}`);
+    const url = `${opt('-b')}/${version}/${file}`;
+    assert.ok(url.startsWith(treeBase), url);
+    assert.ok((await stat(join(clusterDir, layout.pxeDir, url.slice(treeBase.length)))).isFile(), url);
   }
 });
 

@@ -226,14 +226,14 @@ test('dnsmasq: inputs it cannot express are InputErrors with hints', () => {
 test('install = true: the netboot Ignition runs flatcar-install with the node Ignition embedded, then reboots', () => {
   const installed = renderIgnitionJson(renderInstallerProvisioning(w1, '{"ignition":{"version":"3.4.0"}}\n'));
   const cases: Array<{ name: string; node: NodeSpec; options: Parameters<typeof renderInstallerProvisioning>[2]; exec: string }> = [
-    { name: 'defaults', node: w1, options: {}, exec: `ExecStart=/usr/bin/flatcar-install -d /dev/sda -i ${INSTALLED_IGNITION_PATH}` },
+    { name: 'defaults', node: w1, options: {}, exec: `ExecStart=/usr/bin/flatcar-install -d /dev/sda -i ${INSTALLED_IGNITION_PATH} -o ""` },
     {
       name: 'offline mirror, pinned version, own key',
       node: w1,
       options: { disk: '/dev/disk/by-id/nvme-eui.0001', imageBaseUrl: 'http://10.0.0.2:8080/lab/pxe/assets/flatcar/amd64', version: VERSION, channel: 'stable', signingKey: '-----BEGIN PGP PUBLIC KEY BLOCK-----\n...\n' },
-      exec: `ExecStart=/usr/bin/flatcar-install -d /dev/disk/by-id/nvme-eui.0001 -i ${INSTALLED_IGNITION_PATH} -C stable -V ${VERSION} -b http://10.0.0.2:8080/lab/pxe/assets/flatcar/amd64 -k /opt/bramble/image-signing-key.asc`,
+      exec: `ExecStart=/usr/bin/flatcar-install -d /dev/disk/by-id/nvme-eui.0001 -i ${INSTALLED_IGNITION_PATH} -o "" -C stable -V ${VERSION} -b http://10.0.0.2:8080/lab/pxe/assets/flatcar/amd64 -k /opt/bramble/image-signing-key.asc`,
     },
-    { name: 'arm64 board', node: { ...w1, hardware: 'arm64-uefi', arch: 'arm64' }, options: {}, exec: `ExecStart=/usr/bin/flatcar-install -d /dev/sda -i ${INSTALLED_IGNITION_PATH} -B arm64-usr` },
+    { name: 'arm64 board', node: { ...w1, hardware: 'arm64-uefi', arch: 'arm64' }, options: {}, exec: `ExecStart=/usr/bin/flatcar-install -d /dev/sda -i ${INSTALLED_IGNITION_PATH} -o "" -B arm64-usr` },
   ];
   for (const c of cases) {
     const cfg = JSON.parse(renderIgnitionJson(renderInstallerProvisioning(c.node, installed, { ...c.options, sshAuthorizedKeys: ['ssh-ed25519 AAAA k'] }))) as IgnitionConfig;
