@@ -4,7 +4,7 @@
 // into place only once verified, so a failed pull leaves nothing behind.
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -12,7 +12,7 @@ import { registryErrorText } from '../images/registry/client.ts';
 import { OCI_MANIFEST } from '../images/registry/push.ts';
 import { HostError, InputError, VerificationError } from './errors.ts';
 import type { EventSink } from './events.ts';
-import { RELEASE_NAME } from './publish-format.ts';
+import { RELEASE_NAME, releaseNames, type ReleaseManifest } from './publish-format.ts';
 import { RELEASE_ARTIFACT_TYPE, registryClientFor, TITLE_ANNOTATION, type OciManifest } from './publish-oci.ts';
 import { parseOciReference } from './publish.ts';
 import { verifyDirectory, type VerifyOptions, type VerifyReport } from './verify-release.ts';
@@ -72,6 +72,10 @@ export async function pullRelease(url: string, o: PullOptions): Promise<VerifyRe
       await fetchBlob(client, ref.repository, layer.digest, layer.size, join(tmp, title), scope, o.signal);
     }
     const report = await verifyDirectory(tmp, o);
+    // Written owner-only while unverified; now the manifest says which files are not secret.
+    const m = JSON.parse(await readFile(join(tmp, releaseNames.manifest), 'utf8')) as ReleaseManifest;
+    const secret = new Set(m.files.filter((f) => f.secret).map((f) => f.name));
+    for (const name of seen) if (!secret.has(name)) await chmod(join(tmp, name), 0o644);
     await rm(o.outDir, { recursive: true, force: true });
     await rename(tmp, o.outDir);
     return { ...report, digest };

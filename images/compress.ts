@@ -3,9 +3,9 @@
 // read, and every byte fed is also handed to `onInput` (hashing, the secret scan) so a published image
 // is checked against the build's sha256 without a second pass.
 //
-// Deterministic output (docs/decisions/009-publishing.md): zstd's multi-threaded encoder writes the
-// same bytes for any worker count (-T1 … -Tn; only --single-thread differs), and the input size is
-// given with --stream-size so the frame header does not depend on how the input arrives. xz's
+// Deterministic output (docs/decisions/014-publishing-releases.md): zstd's multi-threaded encoder writes the
+// same bytes for any worker count (-T1 … -Tn; only --single-thread differs), and the input always
+// arrives on stdin with --stream-size (a file argument can give other bytes). xz's
 // multi-threaded encoder is likewise independent of the thread count but differs from its
 // single-threaded one, so xz always runs multi-threaded (-T+N). Neither tool promises the same bytes
 // across versions: the tool version is recorded in the release manifest.

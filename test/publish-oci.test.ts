@@ -5,7 +5,7 @@
 // auth with Docker-config credentials, and a damaged blob in the registry's storage → exit 3.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { discardEvents } from '../builders/events.ts';
@@ -82,6 +82,7 @@ test('publish to docker-registry: skopeo reads the artifact manifest; skopeo cop
   assert.match(g.stderr, /Good signature/);
   const pulledManifest = JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8')) as ReleaseManifest;
   assert.equal(pulledManifest.cluster, 'pubreg');
+  assert.equal((await stat(join(out, 'registry.tar'))).mode & 0o777, 0o644);
 
   r = await runBramble(['verify', `oci://${ref}`, '--key', key.publicFile]);
   assert.equal(r.code, 0, explainCli(r));
