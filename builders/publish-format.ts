@@ -1,6 +1,6 @@
 // The published release: a flat set of files, the same at every destination (a directory, an OCI
 // artifact's layers, a GitHub release's assets), described by its own manifest.json and SHA256SUMS.
-// docs/decisions/ (publishing) explains the choices; README "Publishing" documents the format.
+// docs/decisions/014-publishing-releases.md explains the choices; README "Publishing" documents the format.
 //
 // From out/<cluster>/ to the release: the files of images/ and oci/ are published one by one under
 // their own names (disk images compressed: images/cp-1.img → cp-1.img.zst, beside cp-1.img.bmap),
