@@ -114,7 +114,7 @@ export async function buildCluster(o: BuildOptions): Promise<BuildResult> {
             plan: registry.plan,
             images: fetched.images,
             cacheDir: o.cacheDir,
-            serverBaseImage: selected.some((n) => n.name === registry.plan.server.node) ? fetched.inputs.get(`flatcar-image-${registry.plan.server.arch}`)?.derivedPath : undefined,
+            serverBuilt: selected.some((n) => n.name === registry.plan.server.node),
             out,
             workDir,
             epoch,

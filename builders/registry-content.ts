@@ -12,8 +12,7 @@
 // plan says which.
 import { readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ext4Space, type Ext4Entry } from '../images/ext4.ts';
-import { findPartition, partitionBytes, PartitionType, readGpt } from '../images/gpt.ts';
+import type { Ext4Entry } from '../images/ext4.ts';
 import {
   distributionTreeFiles,
   linkFileText,
@@ -202,8 +201,8 @@ export async function writeMirrorBundle(o: {
   plan: RegistryBundlePlan;
   images: PulledImage[];
   cacheDir: string;
-  /** The serving node's base disk image (decompressed), when this build builds that node: its ROOT gets the mirror. */
-  serverBaseImage?: string;
+  /** Whether this build builds the serving node (its ROOT gets the tree and archives). */
+  serverBuilt: boolean;
   out: OutputWriter;
   workDir: string;
   epoch: number;
@@ -230,9 +229,8 @@ export async function writeMirrorBundle(o: {
     uniqueBytes: uniqueBlobs(tree).reduce((n, b) => n + b.size, 0),
     serverRootEntries: [],
   };
-  if (o.serverBaseImage) {
+  if (o.serverBuilt) {
     bundle.serverRootEntries = await serverRootEntries(tree, { out: o.out, plan: o.plan, images: o.images, arch: o.plan.server.arch, storeRoot, workDir: o.workDir, epoch: o.epoch, signal: o.signal });
-    await checkServerRoom(o.serverBaseImage, bundle.serverRootEntries, o.plan.server.node, o.signal);
   }
   return bundle;
 }
@@ -247,29 +245,6 @@ async function writeArchiveIfChanged(out: OutputWriter, rel: string, images: Pul
     return;
   }
   await out.adoptFile(rel, tmp, { kind: 'bundle', arch, secret: false });
-}
-
-/**
- * The mirror must fit on the serving node's ROOT as the image ships it (Flatcar grows ROOT only on
- * first boot): an early, clear error instead of debugfs failing half-way through writing it.
- */
-export async function checkServerRoom(baseImage: string, entries: readonly Ext4Entry[], node: string, signal?: AbortSignal): Promise<void> {
-  const gpt = await readGpt(baseImage);
-  const root = partitionBytes(gpt, findPartition(gpt, { label: 'ROOT', typeGuid: PartitionType.flatcarResize }));
-  const space = await ext4Space(baseImage, { offset: root.offset }, { signal });
-  let blocks = 0;
-  for (const e of entries) {
-    const bytes = e.type === 'file' ? (e.source !== undefined ? (await stat(e.source)).size : Buffer.byteLength(e.data ?? '')) : 0;
-    // Data blocks, one more for a directory or extent block per file.
-    blocks += Math.ceil(bytes / space.blockSize) + 1;
-  }
-  if (blocks > space.freeBlocks || entries.length > space.freeInodes) {
-    const mib = (b: number) => `${((b * space.blockSize) / 1048576).toFixed(1)} MiB`;
-    throw new InputError(
-      `node "${node}" serves the registry mirror from its root filesystem, which has ${mib(space.freeBlocks)} and ${space.freeInodes} inodes free in the base image; the mirror needs ${mib(blocks)} and ${entries.length} inodes`,
-      { hint: 'bundle fewer registry.extra_images, or set registry.mirror = false and serve the images yourself' },
-    );
-  }
 }
 
 /** The serving node's ROOT: the storage tree under /var/lib/registry and the two archives it imports at boot. */

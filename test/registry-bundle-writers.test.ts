@@ -11,10 +11,7 @@ import { run } from '../builders/exec.ts';
 import { hostsToml } from '../overlays/registry/mirror.ts';
 import { distributionTreeFiles, mirrorNamespace, mirrorRepository, treePaths, uniqueBlobs, writeDistributionTree, type TreeFile } from '../images/registry/distribution-tree.ts';
 import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
-import { checkServerRoom } from '../builders/registry-content.ts';
-import { PartitionType } from '../images/gpt.ts';
 import type { PulledImage } from '../images/registry/types.ts';
-import { InputError } from '../builders/errors.ts';
 import { TinyBlobStore, type TinyImage } from './helpers/oci-store.ts';
 import { rawManifest, serveRegistryReadOnly, sha256Digest, startContainerd, type ServedRegistry } from './helpers/registry-peers.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -233,30 +230,5 @@ describe('per-arch OCI archives', () => {
         if (child) assert.match(table, new RegExp(`^${p.ref.replace(/[.]/g, '\\.')}\\s+\\S+\\s+${child.digest}`, 'm'));
       }
     }
-  });
-});
-
-describe("room for the mirror on the serving node's ROOT", () => {
-  test('a mirror larger than the free space of ROOT is refused (exit 2) before anything is written to the image', async (t) => {
-    const dir = await mkdtemp(join(tmpdir(), 'bramble-room-'));
-    t.after(() => rm(dir, { recursive: true, force: true }));
-    // A GPT disk with a 32 MiB ext4 ROOT (Flatcar's resize type), made by sgdisk and mke2fs.
-    const image = join(dir, 'disk.img');
-    await run('truncate', ['-s', '40M', image]);
-    await run('sgdisk', ['-n', '1:2048:+32M', '-c', '1:ROOT', '-t', `1:${PartitionType.flatcarResize}`, image]);
-    await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-E', `offset=${2048 * 512}`, image, '32M']);
-    const small = join(dir, 'small');
-    const large = join(dir, 'large');
-    await writeFile(small, Buffer.alloc(1 << 20));
-    await run('truncate', ['-s', '64M', large]);
-    await checkServerRoom(image, [{ path: '/var/lib/registry/a', type: 'file', source: small, mode: 0o644 }], 'cp-1');
-    await assert.rejects(
-      checkServerRoom(image, [{ path: '/var/lib/registry/b', type: 'file', source: large, mode: 0o644 }], 'cp-1'),
-      (e: unknown) => {
-        assert.ok(e instanceof InputError);
-        assert.match(e.message, /^node "cp-1" serves the registry mirror from its root filesystem, which has \d+\.\d MiB and \d+ inodes free in the base image; the mirror needs 64\.0 MiB and 1 inodes$/);
-        return true;
-      },
-    );
   });
 });
