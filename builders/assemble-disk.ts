@@ -7,7 +7,7 @@ import { dirname } from 'node:path';
 import { writeBmap } from '../images/bmap.ts';
 import { buildBtrfsImage, writePartition } from '../images/btrfs.ts';
 import { fatDataRanges, writeFatFiles } from '../images/fat.ts';
-import { ext4DataRanges, ext4Space, writeExt4Files, type Ext4Entry } from '../images/ext4.ts';
+import { ext4DataRanges, ext4Space, growExt4, writeExt4Files, type Ext4Entry } from '../images/ext4.ts';
 import { InputError } from './errors.ts';
 import { findPartition, growImage, partitionBytes, PartitionType, readGpt } from '../images/gpt.ts';
 import { derivedUuid } from '../images/guid.ts';
@@ -23,7 +23,8 @@ export const OEM_GRUB_CFG = 'grub.cfg';
 
 /**
  * Refuses, before writing, ROOT content that does not fit (the first node's PXE tree and mirror can
- * outgrow the image's 1.7 GiB ROOT): the node's `size` grows ROOT first, so that is the fix.
+ * outgrow the image's 1.7 GiB ROOT): the node's `size` grows the ROOT partition and its ext4 first,
+ * so that is the fix.
  */
 async function checkRootSpace(image: string, offset: number, entries: readonly Ext4Entry[], node: string, signal: AbortSignal): Promise<void> {
   const space = await ext4Space(image, { offset }, { signal });
@@ -89,6 +90,11 @@ export async function assembleDiskImage(o: AssembleImageOptions): Promise<void> 
     // ROOT (ext4): files the plan places there, such as the Kubernetes sysext and its link, root-owned.
     if (o.rendered.rootEntries?.length) {
       const root = partitionBytes(gpt, findPartition(gpt, { label: 'ROOT', typeGuid: PartitionType.flatcarResize }));
+      // A grown partition only helps if the filesystem grows with it before the files go in.
+      if (node.sizeBytes) {
+        const written = await growExt4(tmp, { offset: root.offset }, root.size, { epoch: o.epoch, workDir: o.workDir, signal: o.signal });
+        ranges = mergeRanges([...ranges, ...written]);
+      }
       await checkRootSpace(tmp, root.offset, o.rendered.rootEntries, node.name, o.signal);
       await writeExt4Files(tmp, { offset: root.offset }, o.rendered.rootEntries, { epoch: o.epoch, workDir: o.workDir, signal: o.signal });
       // Added to the base map, never replacing it: blocks ext4 freed may still hold old bytes.

@@ -9,6 +9,7 @@ import { HostToolError, InputError } from '../builders/errors.ts';
 import { run } from '../builders/exec.ts';
 import { sourceDateEpoch } from './cpio.ts';
 import { alignRanges, forEachDataRun, mergeRanges, type ByteRange } from './sparse.ts';
+import { writePartition } from './partition.ts';
 
 /** File type bits of i_mode (POSIX <sys/stat.h>, as ext4 stores them: "The Second Extended File System", i_mode). */
 const S_IFMT = 0o170000;
@@ -278,6 +279,49 @@ export async function ext4DataRanges(image: string, at: Ext4Location, opts: { si
     await fh.close();
   }
   return alignRanges(found, Number.MAX_SAFE_INTEGER);
+}
+
+/**
+ * Grow an ext4 filesystem inside an image to `sizeBytes` (its partition's size), so content written at
+ * build time can use a partition the image builder grew (Flatcar itself grows ROOT only at first boot).
+ * resize2fs truncates a regular file to the new filesystem size even with `?offset=`, cutting off the
+ * image's tail, so the filesystem's used blocks are copied into a sparse file of exactly the
+ * partition's size, grown there, and written back. Returns the image ranges written.
+ */
+export async function growExt4(image: string, at: Ext4Location, sizeBytes: number, opts: Ext4Options = {}): Promise<ByteRange[]> {
+  const used = await ext4DataRanges(image, at, opts);
+  const epoch = String(opts.epoch ?? sourceDateEpoch());
+  const env = { TZ: 'UTC', E2FSPROGS_FAKE_TIME: epoch, SOURCE_DATE_EPOCH: epoch };
+  return withTemp(opts, async (tmp) => {
+    const fsFile = join(tmp, 'grow.ext4');
+    const src = await open(image, 'r');
+    const dst = await open(fsFile, 'w');
+    try {
+      await dst.truncate(sizeBytes);
+      const buf = Buffer.alloc(1 << 20);
+      for (const [s, e] of used) {
+        for (let pos = s; pos < e; pos += buf.length) {
+          const n = Math.min(buf.length, e - pos);
+          const { bytesRead } = await src.read(buf, 0, n, pos);
+          if (bytesRead !== n) throw new InputError(`${image} ended inside its ext4 filesystem at byte ${pos}`);
+          await dst.write(buf, 0, n, pos - at.offset);
+        }
+      }
+    } finally {
+      await src.close();
+      await dst.close();
+    }
+    const { blockSize } = await ext4Space(fsFile, { offset: 0 }, opts);
+    // -f: the base image's filesystem was never mounted, so it needs no fsck first.
+    await run('resize2fs', ['-f', fsFile, String(Math.floor(sizeBytes / blockSize))], { env, signal: opts.signal });
+    const fsRanges = await ext4DataRanges(fsFile, { offset: 0 }, opts);
+    const imageRanges = used;
+    return writePartition(image, { offset: at.offset, size: sizeBytes }, fsFile, {
+      signal: opts.signal,
+      fileRanges: fsRanges,
+      imageRanges,
+    });
+  });
 }
 
 export interface Ext4Space {
