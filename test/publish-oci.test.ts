@@ -13,19 +13,19 @@ import { run } from '../builders/exec.ts';
 import { publishRelease } from '../builders/publish.ts';
 import type { ReleaseManifest } from '../builders/publish-format.ts';
 import { loadSigningKey } from '../builders/publish-sign.ts';
-import { startWritableRegistry, type WritableRegistry } from './helpers/docker-registry.ts';
+import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
 import { explainCli, runBramble } from './helpers/build.ts';
 import { buildReleaseCluster, makeGpgKey, type BuiltCluster, type GpgKey } from './helpers/release.ts';
 
 let tmp: string;
 let built: BuiltCluster;
 let key: GpgKey;
-let registry: WritableRegistry;
+let registry: DockerRegistry;
 before(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'bramble-publish-oci-'));
   key = await makeGpgKey(join(tmp, 'key'));
   built = await buildReleaseCluster(join(tmp, 'cluster'), 'pubreg');
-  registry = await startWritableRegistry(join(tmp, 'registry'));
+  registry = await startDockerRegistry(join(tmp, 'registry'));
 });
 after(async () => {
   await registry?.stop();
@@ -143,9 +143,7 @@ test('a damaged blob in the registry: pull and verify exit 3 and leave nothing b
 });
 
 test('a registry with htpasswd auth: credentials from a Docker config.json; without them exit 4 with a hint', async (t) => {
-  const htpasswd = join(tmp, 'htpasswd');
-  await run('htpasswd', ['-Bbc', htpasswd, 'pusher', 's3cret-pass']);
-  const secured = await startWritableRegistry(join(tmp, 'secured'), { htpasswd });
+  const secured = await startDockerRegistry(join(tmp, 'secured'), { htpasswd: { username: 'pusher', password: 's3cret-pass' } });
   t.after(() => secured.stop());
   const ref = `oci://${secured.host}/clusters/auth:v1`;
   let r = await runBramble(['publish', built.clusterDir, '--to', ref, '--public-only', '--unsigned'], { env: { HOME: tmp } });

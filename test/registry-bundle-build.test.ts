@@ -23,7 +23,8 @@ import type { IgnitionConfig } from '../ignition/model.ts';
 import { decodeDataUrl } from '../ignition/validate.ts';
 import { buildWithCli, explainCli, partitionSpan, runBramble, sfdiskTable, TEST_EPOCH, warmBuildCache, writeTestCluster, type TestClusterFiles } from './helpers/build.ts';
 import { getFixture, type Fixture } from './helpers/fixture.ts';
-import { rawManifest, serveRegistryReadOnly, sha256Digest, startContainerd, type ServedRegistry } from './helpers/registry-peers.ts';
+import { rawManifest, sha256Digest, startContainerd } from './helpers/registry-peers.ts';
+import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
 
 const CLUSTER = 'mirror';
 const NODE_CIDR = '10.79.0.0/24';
@@ -153,9 +154,9 @@ describe('bramble build bundles the cluster images as a registry mirror', () => 
   });
 
   describe('a second, real docker-registry serving out/<cluster>/registry read-only', () => {
-    let reg: ServedRegistry;
+    let reg: DockerRegistry;
     before(async () => {
-      reg = await serveRegistryReadOnly(join(clusterDir, 'registry'), join(tmp, 'serve'));
+      reg = await startDockerRegistry(join(tmp, 'serve'), { storage: join(clusterDir, 'registry'), readOnly: true });
     });
     after(async () => reg?.stop());
 

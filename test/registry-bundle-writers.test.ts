@@ -13,7 +13,8 @@ import { distributionTreeFiles, mirrorNamespace, mirrorRepository, treePaths, un
 import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
 import type { PulledImage } from '../images/registry/types.ts';
 import { TinyBlobStore, type TinyImage } from './helpers/oci-store.ts';
-import { rawManifest, serveRegistryReadOnly, sha256Digest, startContainerd, type ServedRegistry } from './helpers/registry-peers.ts';
+import { rawManifest, sha256Digest, startContainerd } from './helpers/registry-peers.ts';
+import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 
@@ -115,9 +116,9 @@ describe('distribution storage tree', () => {
   });
 
   describe('served read-only by docker-registry', () => {
-    let reg: ServedRegistry;
+    let reg: DockerRegistry;
     before(async () => {
-      reg = await serveRegistryReadOnly(treeRoot, join(tmp, 'registry-run'));
+      reg = await startDockerRegistry(join(tmp, 'registry-run'), { storage: treeRoot, readOnly: true });
     });
     after(async () => reg?.stop());
 

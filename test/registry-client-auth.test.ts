@@ -87,7 +87,7 @@ async function startTokenServer(keyPem: string, certPem: string, issuer: string,
 before(async () => {
   work = await tempDir(hooks, 'registry-auth');
   basic = await startDockerRegistry(join(work, 'basic'), { htpasswd: { username: USER, password: PASSWORD } });
-  cleanups.unshift(() => basic.close());
+  cleanups.unshift(() => basic.stop());
   await seedImage(basic, work, alpha, 'test/alpha', '1', { username: USER, password: PASSWORD });
 
   const keyFile = join(work, 'token.key');
@@ -97,7 +97,7 @@ before(async () => {
   const service = 'bramble-test-registry';
   tokenServer = await startTokenServer(await readFile(keyFile, 'utf8'), await readFile(certFile, 'utf8'), issuer, service);
   tokenRegistry = await startDockerRegistry(join(work, 'token'), { token: { realm: tokenServer.url, service, issuer, rootCertBundle: certFile } });
-  cleanups.unshift(() => tokenRegistry.close());
+  cleanups.unshift(() => tokenRegistry.stop());
   await seedImage(tokenRegistry, work, alpha, 'test/alpha', '1', { username: USER, password: PASSWORD });
 });
 

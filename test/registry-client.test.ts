@@ -48,7 +48,7 @@ const absolute = uniqueImage('absolute', () => ustarArchive([{ name: '/etc/passw
 before(async () => {
   work = await tempDir(hooks, 'registry-client');
   registry = await startDockerRegistry(join(work, 'registry'));
-  afterAll.unshift(() => registry.close());
+  afterAll.unshift(() => registry.stop());
   for (const [image, name] of [
     [alpha, 'test/alpha'],
     [beta, 'test/beta'],

@@ -18,7 +18,7 @@ import { distributionTreeFiles, writeDistributionTree } from '../../images/regis
 import { ociArchiveContent, ustarHeader, writeOciArchive } from '../../images/registry/oci-archive.ts';
 import { pullImages } from '../../images/registry/pull.ts';
 import { blobPath, type Descriptor, type PulledImage, type PulledPlatform } from '../../images/registry/types.ts';
-import { serveRegistryReadOnly } from '../../test/helpers/registry-peers.ts';
+import { startDockerRegistry } from '../../test/helpers/registry.ts';
 
 const args = parseArgs({ options: { images: { type: 'string' }, 'layer-mib': { type: 'string' }, 'base-mib': { type: 'string' } } }).values;
 const imageCount = Math.max(1, Math.min(200, Number(args.images ?? '12')));
@@ -122,7 +122,7 @@ try {
   const seeded = await seed(upstreamStore);
   const upstreamRoot = join(work, 'upstream');
   await writeDistributionTree(distributionTreeFiles(seeded), { rootDir: upstreamRoot, storeRoot: upstreamStore });
-  const reg = await serveRegistryReadOnly(upstreamRoot, join(work, 'upstream-run'));
+  const reg = await startDockerRegistry(join(work, 'upstream-run'), { storage: upstreamRoot, readOnly: true });
   try {
     const refs = seeded.map((i) => i.ref);
     // bramble: pull (cold store), then the tree and the per-arch archives, as a build does.

@@ -1,21 +1,11 @@
-// Real peers for the registry bundle: Debian's docker-registry serving a storage tree read-only on
-// 127.0.0.1, skopeo talking to it, and a private containerd (own root, state and socket in a temp
-// dir) for `ctr images import`. Each start returns a stop function; tests call it in t.after.
+// Real peers for the registry bundle besides the registry itself (test/helpers/registry.ts): skopeo
+// reading what a registry serves, and a private containerd (own root, state and socket in a temp
+// dir) for `ctr images import`. startContainerd returns a stop function; tests call it in t.after.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { run } from '../../builders/exec.ts';
-
-/** A free TCP port on 127.0.0.1 (bound, then released for the server to take). */
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
 
 async function until(what: string, child: ChildProcess, log: () => string, check: () => Promise<boolean>, timeoutMs = 20000): Promise<void> {
   const t0 = Date.now();
@@ -37,46 +27,6 @@ function stopper(child: ChildProcess): () => Promise<void> {
     await gone;
     clearTimeout(timer);
   };
-}
-
-export interface ServedRegistry {
-  /** `127.0.0.1:PORT` */
-  host: string;
-  stop(): Promise<void>;
-}
-
-/** docker-registry on `rootDirectory` with distribution's read-only maintenance mode (§4), on an ephemeral port. */
-export async function serveRegistryReadOnly(rootDirectory: string, workDir: string): Promise<ServedRegistry> {
-  const port = await freePort();
-  await mkdir(workDir, { recursive: true });
-  const config = join(workDir, 'registry-config.yml');
-  await writeFile(
-    config,
-    [
-      'version: 0.1',
-      'log:',
-      '  level: warn',
-      'storage:',
-      '  filesystem:',
-      `    rootdirectory: ${rootDirectory}`,
-      '  maintenance:',
-      '    uploadpurging:',
-      '      enabled: false',
-      '    readonly:',
-      '      enabled: true',
-      '  delete:',
-      '    enabled: false',
-      'http:',
-      `  addr: 127.0.0.1:${port}`,
-      '',
-    ].join('\n'),
-  );
-  const child = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  await until('docker-registry', child, () => log, async () => (await fetch(`http://127.0.0.1:${port}/v2/`)).status === 200);
-  return { host: `127.0.0.1:${port}`, stop: stopper(child) };
 }
 
 /** `skopeo inspect --raw`: the exact manifest bytes a registry serves for `ref` (docker:// transport, plain HTTP). */
