@@ -10,7 +10,7 @@ import type { Ext4Entry } from '../images/ext4.ts';
 import type { ProvisioningSpec } from '../overlays/provision.ts';
 import { addServedClusterContent } from '../overlays/first-node/provision.ts';
 import { DNSMASQ_CONF_ON_NODE, DNSMASQ_DIR_ON_NODE, nodePorts, PXE_TREE_ON_NODE, SERVED_DIR_ON_NODE, servingNode, type MirrorEndpoint, type ServedPort } from '../overlays/first-node/services.ts';
-import type { ContainerContext } from '../overlays/first-node/units.ts';
+import type { ContainerContext } from '../overlays/containerd-run.ts';
 import { IMPORT_UNIT, MIRROR_PORT, REGISTRY_NAMESPACE, REGISTRY_UNIT } from '../overlays/registry/mirror.ts';
 
 /** The first node's images are imported with the registry server's, into the mirror's containerd namespace. */

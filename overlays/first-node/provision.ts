@@ -5,7 +5,8 @@ import type { ClusterSpec, NodeSpec } from '../../builders/spec.ts';
 import { addFile, addUnit, cloneSpec, type ProvisioningSpec } from '../provision.ts';
 import { FIREWALL_RULES_PATH, firewallUnit, renderFirewallRuleset } from './firewall.ts';
 import { DNSMASQ_UNIT, FIREWALL_UNIT, isServingNode, nodePorts, PXE_HTTP_UNIT, type MirrorEndpoint } from './services.ts';
-import { dnsmasqUnit, pxeHttpUnit, type ContainerContext } from './units.ts';
+import type { ContainerContext } from '../containerd-run.ts';
+import { dnsmasqUnit, pxeHttpUnit } from './units.ts';
 
 export interface ServedClusterContext {
   /** Where the bundle put the first node's images in containerd, and the unit that imports them. */

@@ -12,6 +12,7 @@
 // image and the cluster's images pre-imported from OCI archives by a oneshot unit, then a unit
 // running `registry:2` through ctr (no Docker on Flatcar) read-only on port 5000.
 import ipaddr from 'ipaddr.js';
+import { containerUnit } from '../containerd-run.ts';
 import { CONTAINERD_CERTS_DIR } from '../kubernetes/node-content.ts';
 import { addFile, addUnit, type ProvisioningSpec } from '../provision.ts';
 
@@ -124,32 +125,16 @@ export function importUnit(arch: string): string {
 
 /** Runs the registry server image through ctr, tree and config bind-mounted read-only, on the host network. */
 export function registryUnit(): string {
-  const ctr = `/usr/bin/ctr --namespace ${REGISTRY_NAMESPACE}`;
-  return [
-    `# Written by bramble: the cluster's registry mirror, read-only on port ${MIRROR_PORT}.`,
-    '[Unit]',
-    `Description=Bundled registry mirror on port ${MIRROR_PORT} (bramble)`,
-    `Requires=containerd.service ${IMPORT_UNIT}`,
-    `After=containerd.service ${IMPORT_UNIT} network-online.target`,
-    'Wants=network-online.target',
-    'StartLimitIntervalSec=0',
-    '',
-    '[Service]',
-    // A container or task left by a crash would make `ctr run` refuse the name.
-    `ExecStartPre=-${ctr} tasks delete --force ${REGISTRY_CONTAINER}`,
-    `ExecStartPre=-${ctr} containers delete ${REGISTRY_CONTAINER}`,
-    // ctr run forwards systemd's SIGTERM to the task; --rm removes the container when it exits.
-    `ExecStart=${ctr} run --rm --net-host` +
-      ` --mount type=bind,src=${REGISTRY_ROOT_ON_NODE},dst=${REGISTRY_ROOT_ON_NODE},options=rbind:ro` +
-      ` --mount type=bind,src=${REGISTRY_CONFIG_ON_NODE},dst=${REGISTRY_CONFIG_IN_IMAGE},options=rbind:ro` +
-      ` ${REGISTRY_SERVER_IMAGE} ${REGISTRY_CONTAINER}`,
-    'Restart=always',
-    'RestartSec=5',
-    '',
-    '[Install]',
-    'WantedBy=multi-user.target',
-    '',
-  ].join('\n');
+  return containerUnit(
+    { namespace: REGISTRY_NAMESPACE, importUnit: IMPORT_UNIT },
+    {
+      description: `Bundled registry mirror on port ${MIRROR_PORT}`,
+      comment: `the cluster's registry mirror, read-only on port ${MIRROR_PORT}`,
+      container: REGISTRY_CONTAINER,
+      image: REGISTRY_SERVER_IMAGE,
+      readOnlyPaths: [REGISTRY_ROOT_ON_NODE, { host: REGISTRY_CONFIG_ON_NODE, container: REGISTRY_CONFIG_IN_IMAGE }],
+    },
+  );
 }
 
 export interface MirrorClientOptions {
