@@ -2,7 +2,8 @@
 //   plan   — which images the cluster pulls (kubeadm's for the exact patch version, the CNI's,
 //            kube-vip with a VIP, the registry server and the first node's services,
 //            registry.extra_images), for which arches (those of the cluster's nodes);
-//   fetch  — pulls them into the blob store, pinned by bramble.lock so `--offline` needs no network;
+//   fetch  — pulls them into the blob store (`docker-daemon:` entries exported from the local Docker
+//            daemon), pinned by bramble.lock so `--offline` needs no network;
 //   bundle — writes out/<cluster>/registry (distribution storage, blobs hardlinked from the store)
 //            and out/<cluster>/oci/<arch>.oci.tar, and the first control-plane node's ROOT files;
 //   render — every node's hosts.toml, the serving node's registry config and units.
@@ -26,6 +27,7 @@ import {
 } from '../images/registry/distribution-tree.ts';
 import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
 import { loadRegistryCredentials } from '../images/registry/auth.ts';
+import { exportFromDockerDaemon } from '../images/registry/docker-daemon.ts';
 import { pullImages } from '../images/registry/pull.ts';
 import { formatImageRef, parseImageRef } from '../images/registry/reference.ts';
 import type { PulledImage } from '../images/registry/types.ts';
@@ -43,7 +45,7 @@ import {
   REGISTRY_SERVER_IMAGE,
   servicesArchiveOnNode,
 } from '../overlays/registry/mirror.ts';
-import { InputError } from './errors.ts';
+import { VerificationError } from './errors.ts';
 import type { StageContext } from './events.ts';
 import { kubernetesApplies } from './kubernetes-content.ts';
 import { layout } from './layout.ts';
@@ -118,9 +120,14 @@ export function registryStoreRoot(cacheDir: string): string {
 /** bramble.lock ids of pinned images: `image:<reference as the cluster names it>`. */
 export const IMAGE_LOCK_PREFIX = 'image:';
 const IMAGE_VERIFIED_WITH = 'sha256:manifest-bytes';
+/** A daemon image's bytes were checked against the daemon's image ID and diff_ids (docker-daemon.ts). */
+const DAEMON_IMAGE_VERIFIED_WITH = 'sha256:manifest-bytes+docker-daemon:image-id';
 
 /** Pulls one `docker-daemon:NAME:TAG` image from the local Docker daemon into the blob store. */
 export type DockerDaemonSource = (ref: string, o: StageContext & { storeRoot: string; platforms: readonly string[] }) => Promise<PulledImage>;
+
+/** The Docker daemon at DOCKER_HOST (else /var/run/docker.sock), through dockerode. */
+const localDockerDaemon: DockerDaemonSource = (ref, o) => exportFromDockerDaemon(ref, { storeRoot: o.storeRoot, platforms: o.platforms, signal: o.signal });
 
 export interface PulledBundle {
   images: PulledImage[];
@@ -130,7 +137,9 @@ export interface PulledBundle {
 
 /**
  * Pull every image of the plan into the blob store. Images the lock pins are fetched by digest (tags
- * are not resolved again), so with a warm store an `--offline` rebuild makes no request.
+ * are not resolved again), so with a warm store an `--offline` rebuild makes no request. Images of
+ * the local Docker daemon are exported again on every build (the daemon is local, `--offline` or not);
+ * one the lock pins must export to the pinned digest, so a rebuild never silently bundles a changed image.
  */
 export async function pullBundleImages(
   plan: RegistryBundlePlan,
@@ -142,10 +151,18 @@ export async function pullBundleImages(
   for (const i of o.lock?.inputs ?? []) if (i.id.startsWith(IMAGE_LOCK_PREFIX)) pinned[i.id.slice(IMAGE_LOCK_PREFIX.length)] = `sha256:${i.sha256}`;
   const daemonRefs = plan.images.filter((i) => i.ref.startsWith(dockerDaemonPrefix)).map((i) => i.ref);
   const registryRefs = plan.images.filter((i) => !i.ref.startsWith(dockerDaemonPrefix)).map((i) => i.ref);
-  if (daemonRefs.length && !o.dockerDaemon) {
-    throw new InputError(`registry.extra_images: ${daemonRefs.map((r) => `"${r}"`).join(', ')}: images from the local Docker daemon cannot be bundled yet (the Docker-daemon image source is not part of this bramble)`, {
-      hint: 'push the image to a registry and list it by its registry reference, or remove it from registry.extra_images',
-    });
+  // The daemon first: it is local, so a missing image or a stopped daemon shows before any download.
+  const exportFromDaemon = o.dockerDaemon ?? localDockerDaemon;
+  const exported: PulledImage[] = [];
+  for (const ref of daemonRefs) {
+    const image = await exportFromDaemon(ref, { storeRoot, platforms, signal: o.signal, events: o.events });
+    const pin = pinned[ref];
+    if (pin && pin !== image.top.digest) {
+      throw new VerificationError(`registry.extra_images "${ref}" (${image.ref} from the Docker daemon)`, `${pin}, pinned in bramble.lock`, image.top.digest, {
+        hint: `the image changed in the daemon since bramble.lock was written. To bundle the new one, remove the entry "${IMAGE_LOCK_PREFIX}${ref}" from bramble.lock and run \`bramble fetch\`; to keep the pinned one, tag it back in the daemon`,
+      });
+    }
+    exported.push(image);
   }
   const pulled = await pullImages({
     refs: registryRefs,
@@ -158,7 +175,7 @@ export async function pullBundleImages(
     signal: o.signal,
     events: o.events,
   });
-  for (const ref of daemonRefs) pulled.push(await o.dockerDaemon!(ref, { storeRoot, platforms, signal: o.signal, events: o.events }));
+  pulled.push(...exported);
   const given = [...registryRefs, ...daemonRefs];
   const locked = pulled.map((img, i): LockedInput => {
     const ref = given[i]!;
@@ -168,7 +185,7 @@ export async function pullBundleImages(
       version: img.name.tag ?? img.name.digest ?? img.top.digest,
       sha256: img.top.digest.slice('sha256:'.length),
       size: img.top.size,
-      verifiedWith: IMAGE_VERIFIED_WITH,
+      verifiedWith: ref.startsWith(dockerDaemonPrefix) ? DAEMON_IMAGE_VERIFIED_WITH : IMAGE_VERIFIED_WITH,
     };
   });
   return { images: pulled, locked };

@@ -2,13 +2,14 @@
 // for the exact patch, flannel, kube-vip with its VIP, the registry server, the first node's service
 // images, extra images by the name cluster.toml gives), for the arches of all its nodes, served by the
 // first control-plane node; nothing with registry.mirror = false or without the bootstrap; and a
-// `docker-daemon:` extra image refused with exit 2 before anything is pulled.
+// `docker-daemon:` extra image exported from the Docker daemon before any registry is asked, so a
+// daemon that is not there is exit 4 naming its socket (test/docker-daemon-bundle.test.ts bundles one).
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { InputError } from '../builders/errors.ts';
+import { HostError } from '../builders/errors.ts';
 import { discardEvents } from '../builders/events.ts';
 import { parseCluster } from '../builders/load.ts';
 import { formatPlan, planBuild } from '../builders/plan.ts';
@@ -77,20 +78,27 @@ describe('registry bundle plan', () => {
     assert.match(formatPlan(plan), /^ {2}registry {4}no mirror bundled: there is no Kubernetes bootstrap/m);
   });
 
-  it('a docker-daemon: extra image is refused (exit 2) before any registry is asked', async (t) => {
+  it('a docker-daemon: extra image is exported before any registry is asked: no daemon at DOCKER_HOST is exit 4 naming it', async (t) => {
     const spec = withText((t0) => t0.replace('mirror = true', 'mirror = true\nextra_images = ["docker-daemon:myapp:1.0"]'));
     const decision = planRegistryBundle(spec, spec.nodes);
     assert.ok(decision.ok);
     const cacheDir = await tempDir(t, 'registry-plan');
     // Sources point nowhere reachable: a request would fail with another error than the one expected.
     spec.sources.registries = Object.fromEntries(['docker.io', 'registry.k8s.io', 'ghcr.io', 'quay.io'].map((h) => [h, 'http://127.0.0.1:9']));
+    const socket = join(cacheDir, 'no-daemon.sock');
+    const previous = process.env.DOCKER_HOST;
+    process.env.DOCKER_HOST = `unix://${socket}`;
+    t.after(() => {
+      if (previous === undefined) delete process.env.DOCKER_HOST;
+      else process.env.DOCKER_HOST = previous;
+    });
     await assert.rejects(
       pullBundleImages(decision.plan, { spec, cacheDir, offline: false, signal: new AbortController().signal, events: discardEvents }),
       (e: unknown) => {
-        assert.ok(e instanceof InputError);
-        assert.equal(e.exitCode, 2);
-        assert.match(e.message, /^registry\.extra_images: "docker-daemon:myapp:1\.0": images from the local Docker daemon cannot be bundled yet/);
-        assert.match(e.hint ?? '', /push the image to a registry/);
+        assert.ok(e instanceof HostError, String(e));
+        assert.equal(e.exitCode, 4);
+        assert.match(e.message, new RegExp(`^cannot reach the Docker daemon at unix://${socket.replace(/[.]/g, '\\.')} to export myapp:1\\.0`));
+        assert.match(e.hint ?? '', /start the Docker daemon .* or point DOCKER_HOST at the one that has the image/);
         return true;
       },
     );
