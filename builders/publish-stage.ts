@@ -6,10 +6,10 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { readBmap } from '../images/bmap.ts';
 import { compressFile, compressionSuffix, compressorVersion, type Compression } from '../images/compress.ts';
+import { hashingPassThrough } from '../images/hashing-stream.ts';
 import type { ByteRange } from '../images/sparse.ts';
 import { InputError, VerificationError } from './errors.ts';
 import type { EventSink } from './events.ts';
@@ -80,21 +80,6 @@ export async function readBuildManifest(clusterDir: string): Promise<Manifest> {
 function describeFindings(findings: SecretFinding[]): string {
   const kinds = [...new Set(findings.map((f) => f.what))];
   return `${kinds.join(' and ')} at byte ${findings[0]!.offset}`;
-}
-
-/** A file's bytes as they pass: hashed, counted, scanned. */
-function checker(scanner: SecretScanner | undefined) {
-  const hash = createHash('sha256');
-  let size = 0;
-  const transform = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk);
-      size += chunk.length;
-      scanner?.feed(chunk);
-      cb(null, chunk);
-    },
-  });
-  return { transform, result: () => ({ size, sha256: hash.digest('hex') }) };
 }
 
 export async function stageRelease(o: StageOptions): Promise<ReleaseManifest> {
@@ -203,8 +188,9 @@ async function stageSingle(o: StageOptions, build: Manifest, name: string, a: Ar
     refuseFound(o, a.path, scanner);
     return { name, size: r.size, sha256: r.sha256, ...metaOf(a), source: a.path, compression: compress, uncompressed: { size: a.size, sha256: a.sha256 } };
   }
-  const c = checker(scanner);
-  await pipeline(createReadStream(join(o.clusterDir, a.path), { highWaterMark: 1 << 20 }), c.transform, createWriteStream(dest), { signal: o.signal });
+  // The file's bytes as they pass: hashed, counted, scanned.
+  const c = hashingPassThrough(scanner && ((chunk) => scanner.feed(chunk)));
+  await pipeline(createReadStream(join(o.clusterDir, a.path), { highWaterMark: 1 << 20 }), c.stream, createWriteStream(dest), { signal: o.signal });
   const { size, sha256 } = c.result();
   if (sha256 !== a.sha256) throw mismatch(o.clusterDir, a, sha256);
   refuseFound(o, a.path, scanner);
@@ -245,8 +231,8 @@ async function stageArchive(o: StageOptions, build: Manifest, name: string, grou
 }
 
 async function hashFileOf(path: string): Promise<{ size: number; sha256: string }> {
-  const c = checker(undefined);
-  await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), c.transform, async function* (source: AsyncIterable<Buffer>) {
+  const c = hashingPassThrough();
+  await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), c.stream, async function* (source: AsyncIterable<Buffer>) {
     for await (const _ of source) {
       /* drain */
     }

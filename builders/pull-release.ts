@@ -6,8 +6,9 @@ import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { hashingPassThrough } from '../images/hashing-stream.ts';
 import { registryErrorText } from '../images/registry/client.ts';
 import { OCI_MANIFEST } from '../images/registry/push.ts';
 import { HostError, InputError, VerificationError } from './errors.ts';
@@ -87,16 +88,9 @@ export async function pullRelease(url: string, o: PullOptions): Promise<VerifyRe
 async function fetchBlob(client: ReturnType<typeof registryClientFor>, repository: string, digest: string, size: number, dest: string, scope: string, signal: AbortSignal): Promise<void> {
   const res = await client.request({ method: 'GET', path: `/v2/${repository}/blobs/${digest}`, scope });
   if (!res.ok || !res.body) throw new HostError(`blob ${digest}: ${await registryErrorText(res)}`, { hint: 'the registry lost a blob of this release; publish it again' });
-  const h = createHash('sha256');
-  let n = 0;
-  const tee = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      h.update(chunk);
-      n += chunk.length;
-      cb(null, chunk);
-    },
-  });
-  await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), tee, createWriteStream(dest, { mode: 0o600 }), { signal });
-  const actual = `sha256:${h.digest('hex')}`;
+  const tee = hashingPassThrough();
+  await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), tee.stream, createWriteStream(dest, { mode: 0o600 }), { signal });
+  const { size: n, sha256 } = tee.result();
+  const actual = `sha256:${sha256}`;
   if (actual !== digest || n !== size) throw new VerificationError(`${basename(dest)} (blob from the registry)`, `${digest}, ${size} bytes`, `${actual}, ${n} bytes`);
 }

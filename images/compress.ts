@@ -13,10 +13,10 @@ import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { InterruptedError } from '../builders/errors.ts';
 import { run, runStreaming } from '../builders/exec.ts';
+import { hashingPassThrough } from './hashing-stream.ts';
 import { readFully, type ByteRange } from './sparse.ts';
 
 export type Compression = 'zstd' | 'xz';
@@ -129,23 +129,15 @@ export async function compressFile(source: string, dest: string, o: CompressOpti
   }
   const { tool, args } = compressorArgs(o.format, o.size, o.threads);
   const tmp = `${dest}.tmp-${process.pid}`;
-  const outputHash = createHash('sha256');
-  let size = 0;
-  const tee = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      outputHash.update(chunk);
-      size += chunk.length;
-      cb(null, chunk);
-    },
-  });
+  const output = hashingPassThrough();
   try {
     const proc = runStreaming(tool, args, { signal: o.signal, stdin: feed() });
-    await Promise.all([pipeline(proc.stdout, tee, createWriteStream(tmp, { mode: 0o644 }), { signal: o.signal }), proc.done]);
+    await Promise.all([pipeline(proc.stdout, output.stream, createWriteStream(tmp, { mode: 0o644 }), { signal: o.signal }), proc.done]);
     await rename(tmp, dest);
   } catch (e) {
     await rm(tmp, { force: true });
     if (o.signal?.aborted) throw new InterruptedError();
     throw e;
   }
-  return { inputSha256: inputHash.digest('hex'), inputSize, sha256: outputHash.digest('hex'), size };
+  return { inputSha256: inputHash.digest('hex'), inputSize, ...output.result() };
 }
