@@ -11,7 +11,7 @@
 //    lock asks the fixture registry nothing and writes identical bundle bytes.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile, appendFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { gunzipSync } from 'node:zlib';
 import { join, relative } from 'node:path';
@@ -24,6 +24,7 @@ import { decodeDataUrl } from '../ignition/validate.ts';
 import { buildWithCli, explainCli, partitionSpan, runBramble, sfdiskTable, TEST_EPOCH, warmBuildCache, writeTestCluster, type TestClusterFiles } from './helpers/build.ts';
 import { getFixture, type Fixture } from './helpers/fixture.ts';
 import { rawManifest, sha256Digest, startContainerd } from './helpers/registry-peers.ts';
+import { filesIn } from './helpers/files.ts';
 import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
 
 const CLUSTER = 'mirror';
@@ -98,16 +99,6 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-async function walk(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...(await walk(p)));
-    else out.push(p);
-  }
-  return out.sort();
-}
-
 function ignitionOf(node: string): Promise<IgnitionConfig> {
   return readFile(join(clusterDir, 'configs', `${node}.ign`), 'utf8').then((t) => JSON.parse(t) as IgnitionConfig);
 }
@@ -140,7 +131,7 @@ describe('bramble build bundles the cluster images as a registry mirror', () => 
       for (const c of u.children.values()) for (const b of c.blobs) unique.set(b.digest, b.size);
     }
     const expected = [...unique.values()].reduce((a, b) => a + b, 0);
-    const blobFiles = await walk(join(clusterDir, 'registry/docker/registry/v2/blobs'));
+    const blobFiles = await filesIn(join(clusterDir, 'registry/docker/registry/v2/blobs'));
     let stored = 0;
     for (const p of blobFiles) stored += (await stat(p)).size;
     assert.equal(blobFiles.length, unique.size);
@@ -237,7 +228,7 @@ describe('bramble build bundles the cluster images as a registry mirror', () => 
     const image = join(clusterDir, 'images', 'cp-1.img');
     const root = partitionSpan(await sfdiskTable(image), 'ROOT');
     const onRoot = await listExt4(image, root, { dir: '/var/lib/registry' });
-    const treeFiles = (await walk(join(clusterDir, 'registry'))).map((p) => `/var/lib/registry/${relative(join(clusterDir, 'registry'), p)}`);
+    const treeFiles = (await filesIn(join(clusterDir, 'registry'))).map((p) => `/var/lib/registry/${relative(join(clusterDir, 'registry'), p)}`);
     assert.deepEqual(onRoot.filter((e) => e.type === 'file').map((e) => e.path), treeFiles);
     for (const e of onRoot.filter((x) => x.type === 'file' && x.path.endsWith('/link')).slice(0, 20)) {
       const bytes = await readExt4File(image, root, e.path);

@@ -5,7 +5,7 @@
 // real containerd's `ctr images import`. Link files, stored bytes and reproducibility are checked.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { run } from '../builders/exec.ts';
 import { hostsToml } from '../overlays/registry/mirror.ts';
@@ -14,6 +14,7 @@ import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archi
 import type { PulledImage } from '../images/registry/types.ts';
 import { TinyBlobStore, type TinyImage } from './helpers/oci-store.ts';
 import { rawManifest, sha256Digest, startContainerd } from './helpers/registry-peers.ts';
+import { filesIn } from './helpers/files.ts';
 import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -48,16 +49,6 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-async function walk(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...(await walk(p)));
-    else out.push(p);
-  }
-  return out.sort();
-}
-
 describe('distribution storage tree', () => {
   test('link files are exactly sha256:<hex> with no newline, for the index, every kept child, configs, layers and tags', async () => {
     const pause = images[0]!;
@@ -72,7 +63,7 @@ describe('distribution storage tree', () => {
       await expectLink(treePaths.layer(repo, child.config.digest), child.config.digest);
       await expectLink(treePaths.layer(repo, child.layers[0]!.digest), child.layers[0]!.digest);
     }
-    const paths = new Set((await walk(treeRoot)).map((p) => relative(treeRoot, p)));
+    const paths = new Set((await filesIn(treeRoot)).map((p) => relative(treeRoot, p)));
     // arm/v7 and the attestation are listed by the index but not stored: the cluster runs neither.
     const arm = pause.children.get('arm/v7')!;
     assert.ok(!paths.has(treePaths.revision(repo, arm.digest)));
@@ -92,11 +83,11 @@ describe('distribution storage tree', () => {
     for (const p of pulled) for (const b of p.blobs) unique.set(b.digest, b.size);
     const expected = [...unique.values()].reduce((a, b) => a + b, 0);
     let stored = 0;
-    for (const p of await walk(join(treeRoot, 'docker/registry/v2/blobs'))) stored += (await stat(p)).size;
+    for (const p of await filesIn(join(treeRoot, 'docker/registry/v2/blobs'))) stored += (await stat(p)).size;
     assert.equal(stored, expected);
     assert.equal(uniqueBlobs(files).reduce((a, b) => a + b.size, 0), expected);
     // Shared blobs (the same layer in two repositories would be one) are stored once: one data file per digest.
-    assert.equal((await walk(join(treeRoot, 'docker/registry/v2/blobs'))).length, unique.size);
+    assert.equal((await filesIn(join(treeRoot, 'docker/registry/v2/blobs'))).length, unique.size);
   });
 
   test('blobs are hardlinks of the store on one filesystem, and a second write leaves every file untouched', async () => {
@@ -104,7 +95,7 @@ describe('distribution storage tree', () => {
     const [inTree, inStore] = [await stat(join(treeRoot, treePaths.blob(b.digest))), await stat(join(store.root, 'sha256', b.digest.slice(7)))];
     assert.equal(inTree.ino, inStore.ino);
     const before = new Map<string, number>();
-    for (const p of await walk(treeRoot)) before.set(p, (await stat(p)).mtimeMs);
+    for (const p of await filesIn(treeRoot)) before.set(p, (await stat(p)).mtimeMs);
     const counts = await writeDistributionTree(files, { rootDir: treeRoot, storeRoot: store.root });
     assert.deepEqual(counts, { unchanged: files.length, hardlink: 0, copy: 0, written: 0 });
     for (const [p, m] of before) assert.equal((await stat(p)).mtimeMs, m, p);
@@ -169,7 +160,7 @@ describe('distribution storage tree', () => {
       assert.equal(r.status, 404);
       const put = await fetch(`http://${reg.host}/v2/registry.k8s.io/pause/blobs/uploads/`, { method: 'POST' });
       assert.equal(put.status, 405, 'read-only mode refuses uploads');
-      const paths = (await walk(treeRoot)).map((p) => relative(treeRoot, p));
+      const paths = (await filesIn(treeRoot)).map((p) => relative(treeRoot, p));
       assert.deepEqual(paths, files.map((f) => f.path));
     });
   });
