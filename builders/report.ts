@@ -1,6 +1,7 @@
 // Renders BrambleEvents for people and machines. Each event kind has a formatter; adding a kind to
 // BrambleEvent fails to compile until it has one here.
 import type { BrambleEvent, EventSink } from './events.ts';
+import { layout } from './layout.ts';
 
 type Formatters = { [K in BrambleEvent['kind']]: (e: Extract<BrambleEvent, { kind: K }>) => string | undefined };
 
@@ -31,11 +32,23 @@ export function jsonSink(write: (line: string) => void): EventSink {
 
 /**
  * Plain lines for CI and pipes. Byte progress is throttled to one line per stage and item every few
- * seconds so logs stay readable.
+ * seconds, and the mirror tree's files are counted rather than listed, so logs stay readable.
  */
 export function plainSink(write: (line: string) => void, intervalMs = 5000): EventSink {
   const last = new Map<string, number>();
+  // The mirror's storage tree is hundreds of small files: one summary line per stage instead.
+  const tree = { files: 0, bytes: 0 };
   return (e) => {
+    if (e.kind === 'artefact-written' && e.path.startsWith(`${layout.registryDir}/`)) {
+      tree.files++;
+      tree.bytes += e.size;
+      return;
+    }
+    if (e.kind === 'stage-finished' && tree.files > 0) {
+      write(`  wrote ${tree.files} files of the registry mirror under ${layout.registryDir}/ (${mib(tree.bytes)})\n`);
+      tree.files = 0;
+      tree.bytes = 0;
+    }
     if (e.kind === 'progress') {
       const key = `${e.stage}:${e.what}`;
       const now = Date.now();
