@@ -29,7 +29,7 @@ import { layout, macHyphen } from '../builders/layout.ts';
 import type { Manifest } from '../builders/output.ts';
 import { getFixture } from './helpers/fixture.ts';
 import { partitionSpan, runBramble, sfdiskTable, TEST_EPOCH, warmBuildCache, explainCli } from './helpers/build.ts';
-import { FIRMWARE_FILES, parseMarkers, type BootMarkers } from './helpers/qemu.ts';
+import { FIRMWARE_FILES, watchUntilDone } from './helpers/qemu.ts';
 import { BOOT_TIMEOUT_MS, skipBoot } from './helpers/boot.ts';
 import { NetworkNamespace, stop, waitFor, type Started } from './helpers/netns.ts';
 import { mirrorRepository } from '../images/registry/distribution-tree.ts';
@@ -170,9 +170,6 @@ function mountScript(r: CtrRun, rootDir: string): string {
   return lines.join('\n');
 }
 
-// CSI/OSC escape sequences of firmware and iPXE consoles, and carriage returns.
-const ESCAPES = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-Za-z]|\x1b[=>c]|\r/g;
-
 /** qemu under OVMF on a tap of the namespace, until the fixture OS reports BRAMBLE-DONE (or the timeout). */
 async function bootOnTap(ns: NetworkNamespace, tmp: string, o: { name: string; tap: string; mac: string; disk?: string; noOptionRom?: boolean }) {
   const vars = join(tmp, `${o.name}-vars.fd`);
@@ -185,20 +182,7 @@ async function bootOnTap(ns: NetworkNamespace, tmp: string, o: { name: string; t
     ...(o.disk ? ['-drive', `file=${o.disk},format=raw,if=virtio,snapshot=on`] : []),
     ...['-netdev', `tap,id=net0,ifname=${o.tap},script=no,downscript=no`, '-device', nic],
   ]);
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    qemu.child.kill('SIGKILL');
-  }, BOOT_TIMEOUT_MS);
-  const poll = setInterval(() => {
-    if (/BRAMBLE-DONE[^\n]*\n/.test(qemu.output().replace(ESCAPES, ''))) qemu.child.kill('SIGKILL');
-  }, 250);
-  const t0 = Date.now();
-  await qemu.exited;
-  clearTimeout(timer);
-  clearInterval(poll);
-  const serial = qemu.output().replace(ESCAPES, '');
-  return { serial, markers: parseMarkers(serial), timedOut, seconds: (Date.now() - t0) / 1000 };
+  return watchUntilDone(qemu, BOOT_TIMEOUT_MS);
 }
 
 let tmp: string;

@@ -19,7 +19,7 @@ import { layout, macHyphen } from '../builders/layout.ts';
 import type { Manifest } from '../builders/output.ts';
 import { getFixture } from './helpers/fixture.ts';
 import { buildPxeWithCli, explainCli, pxeRoot, writePxeCluster, type PxeTestCluster, type PxeTestNode } from './helpers/pxe-cluster.ts';
-import { parseMarkers, type BootMarkers } from './helpers/qemu.ts';
+import { watchUntilDone } from './helpers/qemu.ts';
 
 const skipBoot = process.env.BRAMBLE_SKIP_BOOT === '1' ? 'BRAMBLE_SKIP_BOOT=1' : undefined;
 const skipRoot = process.getuid?.() === 0 ? undefined : 'needs root: it creates a network namespace and a tap device';
@@ -141,11 +141,8 @@ async function waitFor(what: string, p: Started, ready: () => boolean | Promise<
   }
 }
 
-// CSI/OSC escape sequences of the iPXE and SeaBIOS consoles, and carriage returns.
-const ESCAPES = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-Za-z]|\x1b[=>c]|\r/g;
-
 /** qemu (SeaBIOS, its iPXE ROM) on the namespace's tap, until the fixture initramfs says it is done. */
-async function netbootOnTap(mac: string): Promise<{ serial: string; markers: BootMarkers; timedOut: boolean }> {
+async function netbootOnTap(mac: string) {
   const qemu = startInNamespace([
     requireTool('qemu-system-x86_64'),
     ...['-accel', 'tcg', '-m', '768', '-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-no-reboot', '-nodefaults', '-vga', 'none'],
@@ -153,19 +150,7 @@ async function netbootOnTap(mac: string): Promise<{ serial: string; markers: Boo
     ...['-machine', 'graphics=off', '-boot', 'n'],
     ...['-netdev', `tap,id=net0,ifname=${TAP},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=net0,mac=${mac}`],
   ]);
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    qemu.child.kill('SIGKILL');
-  }, BOOT_TIMEOUT_MS);
-  const poll = setInterval(() => {
-    if (/BRAMBLE-DONE[^\n]*\n/.test(qemu.output().replace(ESCAPES, ''))) qemu.child.kill('SIGKILL');
-  }, 250);
-  await new Promise((ok) => (qemu.child.exitCode !== null ? ok(undefined) : qemu.child.once('exit', ok)));
-  clearTimeout(timer);
-  clearInterval(poll);
-  const serial = qemu.output().replace(ESCAPES, '');
-  return { serial, markers: parseMarkers(serial), timedOut };
+  return watchUntilDone(qemu, BOOT_TIMEOUT_MS);
 }
 
 test('boot: a netboot through real dnsmasq (DHCP + TFTP) in a network namespace reaches the node script and boots its config', { timeout: BOOT_TIMEOUT_MS + 3 * SERVER_START_MS }, async (t) => {

@@ -83,8 +83,29 @@ process.on('exit', () => {
   for (const child of live) child.kill('SIGKILL');
 });
 
-// CSI/OSC escape sequences from firmware and GRUB consoles, and stray carriage returns.
+// CSI/OSC escape sequences from firmware, GRUB and iPXE consoles, and stray carriage returns.
 const ESCAPES = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-Za-z]|\x1b[=>c]|\r/g;
+
+/**
+ * A qemu started elsewhere (in a network namespace, say) watched until the fixture OS reports
+ * BRAMBLE-DONE, then killed; killed too when `timeoutMs` pass. Its serial output without escapes.
+ */
+export async function watchUntilDone(qemu: { child: ChildProcess; output(): string }, timeoutMs: number): Promise<{ serial: string; markers: BootMarkers; timedOut: boolean; seconds: number }> {
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    qemu.child.kill('SIGKILL');
+  }, timeoutMs);
+  const poll = setInterval(() => {
+    if (/BRAMBLE-DONE[^\n]*\n/.test(qemu.output().replace(ESCAPES, ''))) qemu.child.kill('SIGKILL');
+  }, 250);
+  const t0 = Date.now();
+  await new Promise((ok) => (qemu.child.exitCode !== null || qemu.child.signalCode !== null ? ok(undefined) : qemu.child.once('exit', ok)));
+  clearTimeout(timer);
+  clearInterval(poll);
+  const serial = qemu.output().replace(ESCAPES, '');
+  return { serial, markers: parseMarkers(serial), timedOut, seconds: (Date.now() - t0) / 1000 };
+}
 
 export function parseMarkers(serial: string): BootMarkers {
   const m: BootMarkers = { rootFiles: {}, rootLinks: {}, pxeConfigs: {}, efiVars: {}, errors: [], done: false };
