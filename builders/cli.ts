@@ -18,8 +18,8 @@ Usage:
   bramble publish [OUTDIR | -c cluster.toml [--out DIR]] --to DEST [--private | --public-only]
                   [--sign-key FILE | --unsigned] [--compress zstd|xz] [--github-api URL] [--json]
                   DEST: dir://PATH, oci://HOST/REPO:TAG or github://OWNER/REPO@TAG
-  bramble verify  OUTDIR | oci://HOST/REPO:TAG  [--key FILE] [--allow-unsigned]
-  bramble pull    oci://HOST/REPO:TAG --out DIR [--key FILE] [--allow-unsigned]
+  bramble verify  OUTDIR | oci://HOST/REPO:TAG  [--key FILE] [--allow-unsigned] [--json]
+  bramble pull    oci://HOST/REPO:TAG --out DIR [--key FILE] [--allow-unsigned] [--json]
 
 Targets: rpi4 rpi3 pc arm64-uefi pxe. Without -c a built-in default cluster is used: one
 control-plane node of the requested target (default pc) on DHCP.

@@ -75,7 +75,22 @@ function summary(r: VerifyReport, what: string): string {
     : r.kind === 'release'
       ? 'unsigned (--allow-unsigned)'
       : 'build output (not signed)';
-  return `✓ ${what}: ${r.files} files of cluster ${r.cluster} match SHA256SUMS and manifest.json, nothing missing or extra; ${signature}\n`;
+  return `✓ ${what}: ${r.files} files of cluster ${r.cluster} match SHA256SUMS and manifest.json, nothing missing or extra; ${signature}`;
+}
+
+/**
+ * The verify/pull outcome: a plain line on stdout, or with --json one info event carrying the report
+ * as fields (`contents` is the report's kind, which would clash with the event's).
+ */
+function reportVerified(ctx: CommandContext, r: VerifyReport & { digest?: string }, target: string, what: string, out?: string): void {
+  const message = summary(r, what);
+  if (!ctx.values.json) {
+    ctx.stdout(`${message}\n`);
+    return;
+  }
+  const { kind: contents, ...fields } = r;
+  const e: BrambleEvent & Record<string, unknown> = { kind: 'info', message, target, contents, ...fields, ...(out ? { out } : {}) };
+  ctx.events(e);
 }
 
 const verify: Command = async (ctx) => {
@@ -86,13 +101,13 @@ const verify: Command = async (ctx) => {
     const dir = await mkdtemp(join(tmpdir(), 'bramble-verify-'));
     try {
       const r = await pullRelease(target, { ...opts, outDir: join(dir, 'release') });
-      ctx.stdout(summary(r, `${target} (${r.digest})`));
+      reportVerified(ctx, r, target, `${target} (${r.digest})`);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
     return 0;
   }
-  ctx.stdout(summary(await verifyDirectory(resolve(target), opts), target));
+  reportVerified(ctx, await verifyDirectory(resolve(target), opts), target, target);
   return 0;
 };
 
@@ -106,7 +121,8 @@ const pull: Command = async (ctx) => {
     signal: ctx.signal,
     events: ctx.events,
   });
-  ctx.stdout(summary(r, `${target} (${r.digest}) → ${resolve(ctx.values.out)}`));
+  const outDir = resolve(ctx.values.out);
+  reportVerified(ctx, r, target, `${target} (${r.digest}) → ${outDir}`, outDir);
   return 0;
 };
 
