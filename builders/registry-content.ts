@@ -30,6 +30,7 @@ import { loadRegistryCredentials } from '../images/registry/auth.ts';
 import { exportFromDockerDaemon } from '../images/registry/docker-daemon.ts';
 import { pullImages } from '../images/registry/pull.ts';
 import { formatImageRef, parseImageRef } from '../images/registry/reference.ts';
+import { formatPlatform, parsePlatform, platformMatch, type Platform } from '../images/registry/platform.ts';
 import type { PulledImage } from '../images/registry/types.ts';
 import { cniImages, kubeadmImages, kubeVipImage } from '../overlays/kubernetes/images.ts';
 import { firstNodeImages } from '../overlays/first-node/services.ts';
@@ -129,6 +130,32 @@ export type DockerDaemonSource = (ref: string, o: StageContext & { storeRoot: st
 /** The Docker daemon at DOCKER_HOST (else /var/run/docker.sock), through dockerode. */
 const localDockerDaemon: DockerDaemonSource = (ref, o) => exportFromDockerDaemon(ref, { storeRoot: o.storeRoot, platforms: o.platforms, signal: o.signal });
 
+/**
+ * The warning for a `docker-daemon:` image that some nodes cannot run, or undefined when every node's
+ * platform is among the image's. The daemon exports the one platform it built (the export refuses a
+ * platform no node has), so in a cluster of several arches the image reaches every node's mirror but
+ * runs only on some: this names the image, its platforms and the other nodes, grouped by platform.
+ */
+export function daemonImageArchWarning(entry: string, imagePlatforms: readonly Platform[], nodes: readonly Pick<NodeSpec, 'name' | 'arch'>[]): string | undefined {
+  const missing = new Map<string, string[]>();
+  for (const node of nodes) {
+    const wanted = parsePlatform(platformsOf([node.arch])[0]!);
+    if (imagePlatforms.some((p) => platformMatch(wanted, p) > 0)) continue;
+    const key = formatPlatform(wanted);
+    missing.set(key, [...(missing.get(key) ?? []), node.name]);
+  }
+  if (missing.size === 0) return undefined;
+  const groups = [...missing.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([platform, names]) => `${names.length > 1 ? 'nodes' : 'node'} ${names.sort().join(', ')} (${platform})`);
+  const has = imagePlatforms.map(formatPlatform);
+  return (
+    `registry.extra_images "${entry}" is ${has.join(', ')} only: ${groups.join(', ')} cannot run it; ` +
+    `build it for every node platform and push it to a registry to list it from there (a Docker daemon image has one platform), ` +
+    `or keep its pods on the nodes that can (kubernetes.io/arch: ${[...new Set(imagePlatforms.map((p) => p.architecture))].join(' or ')} in a nodeSelector or node affinity)`
+  );
+}
+
 export interface PulledBundle {
   images: PulledImage[];
   /** Lock entries for every image: its top manifest's digest and size. */
@@ -162,6 +189,8 @@ export async function pullBundleImages(
         hint: `the image changed in the daemon since bramble.lock was written. To bundle the new one, remove the entry "${IMAGE_LOCK_PREFIX}${ref}" from bramble.lock and run \`bramble fetch\`; to keep the pinned one, tag it back in the daemon`,
       });
     }
+    const warning = daemonImageArchWarning(ref, image.platforms, o.spec.nodes);
+    if (warning) o.events({ kind: 'warning', message: warning });
     exported.push(image);
   }
   const pulled = await pullImages({
