@@ -162,11 +162,17 @@ async function writeInstallImage(o: AssemblePxeOptions, arch: Arch) {
   await o.out.writeFile(`${rel}.sig`, image.signature.data, meta);
 }
 
+/** The arches whose iPXE binaries a tree for these netbooted nodes carries (assemblePxe writes them). */
+function ipxeArchesOf(nodes: readonly NodeSpec[]): Arch[] {
+  return [...new Set(nodes.map((n) => n.arch))].filter((a) => ipxeBinaries(a).length > 0).sort();
+}
+
 /**
  * What every dnsmasq config of the cluster shares (boot subnet, leases, boot files, HTTP boot URL),
  * or why there can be none: it needs an IPv4 node_cidr and a first node with a static ip serving the tree.
+ * Boot files are offered for the arches of `netbooted` (by default every netbooted node of the cluster).
  */
-export function dnsmasqCommon(spec: ClusterSpec): Omit<DnsmasqOptions, 'mode'> | { missing: string } {
+export function dnsmasqCommon(spec: ClusterSpec, netbooted: readonly NodeSpec[] = spec.nodes.filter((n) => n.boot === 'pxe')): Omit<DnsmasqOptions, 'mode'> | { missing: string } {
   const subnet = spec.network.nodeCidr;
   const httpBase = pxeHttpBase(spec);
   if (!subnet || !httpBase || subnet.includes(':')) {
@@ -183,11 +189,12 @@ export function dnsmasqCommon(spec: ClusterSpec): Omit<DnsmasqOptions, 'mode'> |
     tftpRoot: `/srv/bramble/${spec.name}/pxe`,
     httpBase,
     bootFiles: dnsmasqBootFiles(),
+    ipxeArches: ipxeArchesOf(netbooted),
   };
 }
 
 async function writeDnsmasqConfigs(o: AssemblePxeOptions) {
-  const common = dnsmasqCommon(o.spec);
+  const common = dnsmasqCommon(o.spec, o.nodes.map((n) => n.node));
   if ('missing' in common) {
     o.events({ kind: 'warning', message: `no dnsmasq.conf written: ${common.missing}; serve pxe/ with your own DHCP/TFTP/HTTP setup` });
     return;

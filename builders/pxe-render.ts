@@ -5,7 +5,7 @@ import ipaddr from 'ipaddr.js';
 import { posix } from 'node:path';
 import { InputError } from './errors.ts';
 import { layout } from './layout.ts';
-import type { NodeSpec } from './spec.ts';
+import type { Arch, NodeSpec } from './spec.ts';
 import { writeCpio } from '../images/cpio.ts';
 import { flatcarFiles } from '../images/catalog/flatcar.ts';
 import { gzipDeterministic } from '../images/gzip.ts';
@@ -140,6 +140,11 @@ export interface DnsmasqOptions {
   /** HTTP URL the PXE tree is served under; boot.ipxe is fetched from here. */
   httpBase: string;
   bootFiles?: Partial<IpxeBootFiles>;
+  /**
+   * The arches whose iPXE binaries the tree carries (amd64: BIOS and x86-64 UEFI; arm64: arm64 UEFI).
+   * Only their clients are offered a boot file, so none is pointed at a file the tree lacks.
+   */
+  ipxeArches: readonly Arch[];
   /** DHCP lease time; default 12h. */
   leaseTime?: string;
 }
@@ -180,6 +185,8 @@ export function renderDnsmasq(o: DnsmasqOptions): string {
   });
   const bootFiles = { ...defaultIpxeBootFiles, ...o.bootFiles };
   for (const f of Object.values(bootFiles)) relativeUri('x', f);
+  const amd64 = o.ipxeArches.includes('amd64');
+  const offered = { bios: amd64 ? bootFiles.bios : null, efi64: amd64 ? bootFiles.efi64 : null, arm64: o.ipxeArches.includes('arm64') ? bootFiles.arm64 : null };
   if (/[\s,]/.test(o.tftpRoot) || !o.tftpRoot) throw new InputError(`tftp root ${JSON.stringify(o.tftpRoot)} cannot be written into dnsmasq.conf`, { hint: 'use a path without spaces or commas' });
   if (o.interface !== undefined && !/^[A-Za-z0-9_.:@-]+$/.test(o.interface)) throw new InputError(`interface ${o.interface} is not an interface name`);
   const leaseTime = o.leaseTime ?? '12h';
@@ -195,7 +202,7 @@ export function renderDnsmasq(o: DnsmasqOptions): string {
     dns: o.dns && o.dns.length > 0 ? o.dns.map(checkDnsServer).join(',') : null,
     leaseTime,
     leases,
-    bootFiles,
+    bootFiles: offered,
     bootUrl: new URL('boot.ipxe', httpBase).toString(),
     tftpRoot: o.tftpRoot,
   };

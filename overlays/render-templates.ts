@@ -49,7 +49,8 @@ export interface DnsmasqContext {
   dns: string | null;
   leaseTime: string;
   leases: Array<{ mac: string; ip: string | null; name: string }>;
-  bootFiles: { bios: string; efi64: string; arm64: string };
+  /** null: the tree has no iPXE binary for that client architecture, so it gets no boot line. */
+  bootFiles: { bios: string | null; efi64: string | null; arm64: string | null };
   bootUrl: string;
   tftpRoot: string;
 }

@@ -178,6 +178,22 @@ test('build --target pxe: boot.ipxe and every node script use relative URLs only
   }
 });
 
+test('build --target pxe: the dnsmasq configs of an amd64-only tree name only boot files the tree holds (no arm64 line) and pass dnsmasq --test', async () => {
+  for (const conf of [layout.dnsmasqConf, layout.dnsmasqProxyConf]) {
+    const text = (await read(conf)).toString();
+    const directives = text.split('\n').filter((l) => !l.startsWith('#')).join('\n');
+    assert.doesNotMatch(directives, /arm64|client-arch,11|^pxe-service=[^,]*,11,/m, `${conf}: no arm64 client gets a boot file`);
+    // Firmware boot files: dhcp-boot=tag:!ipxe,… and pxe-service=tag:!ipxe,… end in a TFTP path.
+    const bootFiles = text.split('\n').filter((l) => /^(dhcp-boot|pxe-service)=tag:!ipxe,/.test(l)).map((l) => l.split(',').at(-1)!);
+    assert.ok(bootFiles.length > 0, `${conf}: has firmware boot lines`);
+    for (const file of bootFiles) {
+      assert.ok(manifest.artefacts.some((a) => a.path === `${layout.pxeDir}/${file}`), `${conf}: ${file} is in the tree`);
+    }
+    const r = await run('dnsmasq', ['--test', '-C', join(clusterDir, conf)]);
+    assert.match(r.stderr + r.stdout, /syntax check OK/, conf);
+  }
+});
+
 test('build --target pxe: install = true boots an installer whose Ignition runs flatcar-install with the node Ignition embedded', async () => {
   const script = (await read(layout.pxeNodeScript(w3.mac))).toString();
   assert.match(script, /^echo bramble: booting node w-3 \(installer\)$/m);

@@ -131,6 +131,7 @@ const dnsmasqBase: DnsmasqOptions = {
   ],
   tftpRoot: '/srv/bramble/pxe',
   httpBase: 'http://10.0.0.2:8080/lab/pxe',
+  ipxeArches: ['amd64', 'arm64'],
 };
 
 test('dnsmasq.conf (full DHCP) and dnsmasq-proxy.conf: accepted by `dnsmasq --test`, with the expected directives', async (t) => {
@@ -183,6 +184,18 @@ test('dnsmasq.conf (full DHCP) and dnsmasq-proxy.conf: accepted by `dnsmasq --te
         'tftp-root=/srv/bramble/pxe',
       ],
       absent: [/^dhcp-host=/m, /^dhcp-authoritative/m, /option:router/],
+    },
+    {
+      name: 'full DHCP, a tree with amd64 iPXE binaries only: no arm64 client is offered a file',
+      options: { ...dnsmasqBase, ipxeArches: ['amd64'] },
+      lines: ['dhcp-boot=tag:!ipxe,tag:bios,ipxe/undionly.kpxe', 'dhcp-boot=tag:!ipxe,tag:efi64,ipxe/ipxe.efi', 'dhcp-boot=tag:ipxe,http://10.0.0.2:8080/lab/pxe/boot.ipxe'],
+      absent: [/^dhcp-match=set:arm64/m, /^dhcp-boot=.*arm64/m],
+    },
+    {
+      name: 'proxyDHCP, a tree with arm64 iPXE binaries only: no BIOS or x86-64 client is offered a file',
+      options: { ...dnsmasqBase, mode: 'proxy', range: undefined, ipxeArches: ['arm64'] },
+      lines: ['pxe-service=tag:!ipxe,11,"bramble: iPXE (arm64 UEFI)",ipxe/ipxe-arm64.efi', 'pxe-service=tag:ipxe,11,"bramble: boot script",http://10.0.0.2:8080/lab/pxe/boot.ipxe'],
+      absent: [/^pxe-service=tag:!?ipxe,[079],/m, /undionly|ipxe\.efi/],
     },
   ];
   for (const c of cases) {
