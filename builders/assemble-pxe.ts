@@ -148,12 +148,13 @@ async function writeInstallImage(o: AssemblePxeOptions, arch: Arch) {
   const dest = o.out.path(rel);
   const present = await stat(dest).then((st) => st.isFile() && st.size === image.size, () => false);
   if (present && (await sha256File(dest, o.signal)) === image.sha256) {
-    await o.out.recordFile(rel, meta);
+    await o.out.recordFile(rel, meta, { sha256: image.sha256 });
   } else {
     const tmp = await o.out.tempPathFor(rel);
     try {
+      // A copy of the verified input: its digest is known.
       await copyFile(image.path, tmp, constants.COPYFILE_FICLONE);
-      await o.out.adoptFile(rel, tmp, meta);
+      await o.out.adoptFile(rel, tmp, meta, { sha256: image.sha256 });
     } catch (e) {
       await rm(tmp, { force: true });
       throw e;

@@ -162,20 +162,29 @@ export class OutputWriter {
    * Move a file built elsewhere (a temp image in the workspace) into place. It must be on the same
    * filesystem as the output directory or be copied first by the caller.
    */
-  async adoptFile(rel: string, builtPath: string, meta: ArtefactMeta, opts: { dataRanges?: ReadonlyArray<readonly [number, number]> } = {}): Promise<Artefact> {
+  async adoptFile(
+    rel: string,
+    builtPath: string,
+    meta: ArtefactMeta,
+    opts: { dataRanges?: ReadonlyArray<readonly [number, number]>; /** Hex, when the caller made or verified these exact bytes: no second read. */ sha256?: string } = {},
+  ): Promise<Artefact> {
     const dest = this.path(rel);
     await mkdir(dirname(dest), { recursive: true });
     await chmod(builtPath, meta.secret ? 0o600 : 0o644);
-    const digest = opts.dataRanges ? await sha256Sparse(builtPath, opts.dataRanges, this.signal) : await sha256File(builtPath, this.signal);
+    const digest = opts.sha256 ?? (opts.dataRanges ? await sha256Sparse(builtPath, opts.dataRanges, this.signal) : await sha256File(builtPath, this.signal));
     const size = (await stat(builtPath)).size;
     await rename(builtPath, dest);
     return this.record(rel, meta, size, digest);
   }
 
-  /** List a file some other step wrote in place (the PKI, which is generated once and kept). */
-  async recordFile(rel: string, meta: ArtefactMeta): Promise<Artefact> {
+  /**
+   * List a file some other step wrote in place (the PKI, which is generated once and kept; the
+   * mirror's tree). `sha256` (hex), when the caller already knows the bytes' digest, saves reading
+   * the file again.
+   */
+  async recordFile(rel: string, meta: ArtefactMeta, known: { sha256?: string } = {}): Promise<Artefact> {
     const path = this.path(rel);
-    return this.record(rel, meta, (await stat(path)).size, await sha256File(path, this.signal));
+    return this.record(rel, meta, (await stat(path)).size, known.sha256 ?? (await sha256File(path, this.signal)));
   }
 
   /** A temp path next to the final one (same filesystem, so adoptFile is a rename). */

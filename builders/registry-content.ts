@@ -21,6 +21,7 @@ import {
   mirrorRepository,
   placeTreeFile,
   REGISTRY_V2_ROOT,
+  treeFileSha256,
   treePaths,
   uniqueBlobs,
   type TreeFile,
@@ -259,7 +260,8 @@ export async function writeMirrorBundle(o: {
   for (const f of tree) {
     const rel = `${layout.registryDir}/${f.path}`;
     await placeTreeFile(f, o.out.path(rel), storeRoot, o.signal);
-    await o.out.recordFile(rel, { kind: 'bundle', secret: false });
+    // A blob's name is its digest, a link file's bytes are known: neither is read back.
+    await o.out.recordFile(rel, { kind: 'bundle', secret: false }, { sha256: treeFileSha256(f) });
   }
   const archives = new Map<Arch, string>();
   for (const arch of o.plan.arches) {
@@ -287,10 +289,10 @@ async function writeArchiveIfChanged(out: OutputWriter, rel: string, images: Pul
   const existing = await sha256File(out.path(rel), signal).catch(() => undefined);
   if (existing === written.sha256) {
     await rm(tmp, { force: true });
-    await out.recordFile(rel, { kind: 'bundle', arch, secret: false });
+    await out.recordFile(rel, { kind: 'bundle', arch, secret: false }, { sha256: written.sha256 });
     return;
   }
-  await out.adoptFile(rel, tmp, { kind: 'bundle', arch, secret: false });
+  await out.adoptFile(rel, tmp, { kind: 'bundle', arch, secret: false }, { sha256: written.sha256 });
 }
 
 /** The serving node's ROOT: the storage tree under /var/lib/registry and the two archives it imports at boot. */

@@ -3,13 +3,14 @@
 // distribution storage tree is served by a real docker-registry in read-only mode and pulled by
 // skopeo by tag and by digest with upstream's digests; the per-arch OCI archives are imported by a
 // real containerd's `ctr images import`. Link files, stored bytes and reproducibility are checked.
+import { createHash } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { run } from '../builders/exec.ts';
 import { hostsToml } from '../overlays/registry/mirror.ts';
-import { distributionTreeFiles, mirrorNamespace, mirrorRepository, treePaths, uniqueBlobs, writeDistributionTree, type TreeFile } from '../images/registry/distribution-tree.ts';
+import { distributionTreeFiles, mirrorNamespace, mirrorRepository, treeFileSha256, treePaths, uniqueBlobs, writeDistributionTree, type TreeFile } from '../images/registry/distribution-tree.ts';
 import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
 import type { PulledImage } from '../images/registry/types.ts';
 import { TinyBlobStore, type TinyImage } from './helpers/oci-store.ts';
@@ -99,6 +100,13 @@ describe('distribution storage tree', () => {
     const counts = await writeDistributionTree(files, { rootDir: treeRoot, storeRoot: store.root });
     assert.deepEqual(counts, { unchanged: files.length, hardlink: 0, copy: 0, written: 0 });
     for (const [p, m] of before) assert.equal((await stat(p)).mtimeMs, m, p);
+  });
+
+  test("treeFileSha256 is each written file's real sha256 (the build lists tree files without reading them)", async () => {
+    for (const f of files) {
+      const real = createHash('sha256').update(await readFile(join(treeRoot, f.path))).digest('hex');
+      assert.equal(treeFileSha256(f), real, f.path);
+    }
   });
 
   test('a tag naming two different manifests is refused', () => {

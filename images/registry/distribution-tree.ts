@@ -58,6 +58,11 @@ export function linkFileText(digest: Digest): string {
   return `sha256:${digestHex(digest)}`;
 }
 
+/** The sha256 (hex) of a tree file's bytes, without reading it: a blob's digest, or its link text's. */
+export function treeFileSha256(file: TreeFile): string {
+  return 'link' in file ? createHash('sha256').update(linkFileText(file.link)).digest('hex') : digestHex(file.blob.digest);
+}
+
 export const treePaths = {
   blob: (d: Digest) => `${REGISTRY_V2_ROOT}/blobs/sha256/${digestHex(d).slice(0, 2)}/${digestHex(d)}/data`,
   revision: (repo: string, d: Digest) => `${REGISTRY_V2_ROOT}/repositories/${repo}/_manifests/revisions/sha256/${digestHex(d)}/link`,
