@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureFixture } from './fixtures/build.ts';
 import { startFixtureServer } from './fixtures/server.ts';
+import { runMain } from './run-main.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const bramble = join(root, 'bin/bramble.mjs');
@@ -54,13 +55,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: unknown) => {
-    const err = e as { message?: string; hint?: string; exitCode?: number };
-    log(`demo: ${err.message ?? String(e)}${err.hint ? `\nhint: ${err.hint}` : ''}`);
-    process.exitCode = typeof err.exitCode === 'number' ? err.exitCode : 1;
-  },
-);
+runMain('demo', main);

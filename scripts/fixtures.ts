@@ -3,6 +3,7 @@
 //                                        127.0.0.1 until interrupted
 import { ensureFixture } from './fixtures/build.ts';
 import { startFixtureServer } from './fixtures/server.ts';
+import { runMain } from './run-main.ts';
 
 const usage = 'usage: npm run fixtures -- build | serve [--port N]';
 
@@ -48,13 +49,4 @@ async function main(argv: string[]): Promise<number> {
   return 2;
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: unknown) => {
-    const err = e as { message?: string; hint?: string; exitCode?: number };
-    process.stderr.write(`fixtures: ${err.message ?? String(e)}\n${err.hint ? `hint: ${err.hint}\n` : ''}`);
-    process.exitCode = typeof err.exitCode === 'number' ? err.exitCode : 1;
-  },
-);
+runMain('fixtures', () => main(process.argv.slice(2)));

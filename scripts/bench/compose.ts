@@ -27,6 +27,7 @@ import { findPartition, partitionBytes, readGpt } from '../../images/gpt.ts';
 import { ensureFixture } from '../fixtures/build.ts';
 import { testCacheRoot } from '../fixtures/cache.ts';
 import { startFixtureServer } from '../fixtures/server.ts';
+import { runMain } from '../run-main.ts';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -246,13 +247,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: unknown) => {
-    const err = e as { message?: string; hint?: string };
-    log(`bench: ${err.message ?? String(e)}${err.hint ? `\nhint: ${err.hint}` : ''}`);
-    process.exitCode = 1;
-  },
-);
+runMain('bench', main);

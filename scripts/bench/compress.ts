@@ -18,6 +18,7 @@ import type { ByteRange } from '../../images/sparse.ts';
 import { ensureFixture } from '../fixtures/build.ts';
 import { testCacheRoot } from '../fixtures/cache.ts';
 import { startFixtureServer } from '../fixtures/server.ts';
+import { runMain } from '../run-main.ts';
 
 const MiB = 1024 ** 2;
 const log = (line: string) => process.stderr.write(`${line}\n`);
@@ -106,13 +107,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: unknown) => {
-    const err = e as { message?: string; hint?: string };
-    log(`bench: ${err.message ?? String(e)}${err.hint ? `\nhint: ${err.hint}` : ''}`);
-    process.exitCode = 1;
-  },
-);
+runMain('bench', main);
