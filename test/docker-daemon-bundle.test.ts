@@ -27,6 +27,7 @@ import { dockerdUnavailable, startDockerd, type PrivateDockerd } from './helpers
 import { getFixture, type Fixture } from './helpers/fixture.ts';
 import { rawManifest, sha256Digest, startContainerd } from './helpers/registry-peers.ts';
 import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
+import type { LockedInput } from '../builders/lockfile.ts';
 
 const CLUSTER = 'daemon';
 const NODE_CIDR = '10.78.0.0/24';
@@ -39,15 +40,7 @@ const LOCK_ID = `image:${ENTRY}`;
 const ARCH = process.arch === 'arm64' ? 'arm64' : 'amd64';
 const HARDWARE = ARCH === 'arm64' ? 'rpi4' : 'pc';
 
-interface LockInput {
-  id: string;
-  url: string;
-  version: string;
-  sha256: string;
-  size: number;
-  verifiedWith: string;
-}
-const readLockInputs = async (path: string) => (JSON.parse(await readFile(path, 'utf8')) as { inputs: LockInput[] }).inputs;
+const readLockInputs = async (path: string) => (JSON.parse(await readFile(path, 'utf8')) as { inputs: LockedInput[] }).inputs;
 
 /** A build context tar (Dockerfile and files) made with tar-stream. */
 async function contextOf(entries: Array<[string, string]>): Promise<Readable> {
@@ -189,7 +182,7 @@ describe('a docker-daemon: extra image bundled into the registry mirror', { skip
     assert.equal((await readLockInputs(lockPath)).find((i) => i.id === LOCK_ID)!.sha256, pinned, 'the lock keeps the pin');
 
     // The refresh the hint names: drop the entry, fetch again.
-    const lock = JSON.parse(await readFile(lockPath, 'utf8')) as { inputs: LockInput[] };
+    const lock = JSON.parse(await readFile(lockPath, 'utf8')) as { inputs: LockedInput[] };
     lock.inputs = lock.inputs.filter((i) => i.id !== LOCK_ID);
     await writeFile(lockPath, JSON.stringify(lock, null, 2) + '\n');
     const fetched = await runBramble(['fetch', '-c', files.config, '--sources', files.sources, '--cache', warmBuildCache(), '--lock', lockPath], {

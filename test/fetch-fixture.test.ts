@@ -14,7 +14,7 @@ import { testCacheRoot } from '../scripts/fixtures/cache.ts';
 import { Cache } from '../images/cache.ts';
 import { kubernetesInputs } from '../images/catalog/kubernetes.ts';
 import { loadTrustedKeys } from '../images/verify.ts';
-import { flatcarRelease, getFixture, type Fixture } from './helpers/fixture.ts';
+import { fixtureSources, flatcarRelease, getFixture, type Fixture } from './helpers/fixture.ts';
 import { filesUnder, node, testSpec } from './helpers/tiny-upstream.ts';
 
 let f: Fixture;
@@ -25,16 +25,7 @@ const sharedCache = join(testCacheRoot(), 'fetch-cache');
 before(async () => {
   f = await getFixture();
   signingKey = await readFile(f.keys.signingPublicInTree, 'utf8');
-  sources = {
-    flatcar: `${f.url}/flatcar/{channel}`,
-    hypriot: `${f.url}/hypriot`,
-    kubernetes: `${f.url}/k8s/release`,
-    github: `${f.url}/github`,
-    ipxe: `${f.url}/ipxe`,
-    firmware: `${f.url}/github/pftf/RPi4/releases/download`,
-    registries: {},
-    trustedKeys: [signingKey],
-  };
+  sources = fixtureSources(f);
 });
 
 function cluster(over: Partial<ClusterSpec> = {}): ClusterSpec {

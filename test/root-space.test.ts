@@ -5,7 +5,7 @@
 // Following the hint works: `size` grows the ROOT partition and its ext4 (checked by e2fsck and sgdisk).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,11 +15,11 @@ import { ExitCode, type BrambleError } from '../builders/errors.ts';
 import { fetchInputs, type FetchedInput } from '../builders/fetch.ts';
 import { layout } from '../builders/layout.ts';
 import { OutputWriter } from '../builders/output.ts';
-import type { ClusterSpec, Sources } from '../builders/spec.ts';
+import type { ClusterSpec } from '../builders/spec.ts';
 import { readGpt, findPartition, partitionBytes, PartitionType } from '../images/gpt.ts';
 import { ext4Space, listExt4 } from '../images/ext4.ts';
 import { testCacheRoot } from '../scripts/fixtures/cache.ts';
-import { getFixture } from './helpers/fixture.ts';
+import { fixtureSources, getFixture } from './helpers/fixture.ts';
 import { node, testSpec } from './helpers/tiny-upstream.ts';
 
 const BIG_FILE = '/var/lib/bramble/stand-in.bin';
@@ -33,16 +33,7 @@ const signal = new AbortController().signal;
 
 before(async () => {
   const f = await getFixture();
-  const sources: Sources = {
-    flatcar: `${f.url}/flatcar/{channel}`,
-    hypriot: `${f.url}/hypriot`,
-    kubernetes: `${f.url}/k8s/release`,
-    github: `${f.url}/github`,
-    ipxe: `${f.url}/ipxe`,
-    firmware: `${f.url}/github/pftf/RPi4/releases/download`,
-    registries: {},
-    trustedKeys: [await readFile(f.keys.signingPublicInTree, 'utf8')],
-  };
+  const sources = fixtureSources(f);
   spec = testSpec(sources, { nodes: [node('cp-1', { role: 'control-plane' })] });
   // The fetch tests' shared cache already holds the decompressed fixture image.
   inputs = (await fetchInputs(spec, { cacheDir: join(testCacheRoot(), 'fetch-cache'), offline: false, targets: ['pc'], signal, events: () => {} })).inputs;

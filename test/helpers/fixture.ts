@@ -3,6 +3,9 @@
 import { ensureFixture, type FixtureTree } from '../../scripts/fixtures/build.ts';
 import { startFixtureServer, type FixtureServer } from '../../scripts/fixtures/server.ts';
 import type { FixtureBoard, WrittenFlatcarRelease } from '../../scripts/fixtures/flatcar-release.ts';
+import { join } from 'node:path';
+import { parseSources } from '../../builders/load/sources.ts';
+import { defaultSources, type Sources } from '../../builders/spec.ts';
 
 export type { FixtureTree, FixtureServer, FixtureBoard, WrittenFlatcarRelease };
 
@@ -38,4 +41,9 @@ export function flatcarRelease(f: FixtureTree, channel: 'stable' | 'lts', board:
   const r = f.flatcar.find((x) => x.channel === channel && x.board === board && (version ? x.version === version : x.current));
   if (!r) throw new Error(`the fixture has no Flatcar ${channel} ${board} ${version ?? 'current'}`);
   return r;
+}
+
+/** The Sources the fixture's [sources] block gives, read by bramble's own loader (for tests that build a ClusterSpec by hand). */
+export function fixtureSources(f: Fixture): Sources {
+  return { ...defaultSources, ...parseSources(f.sourcesToml, join(f.root, 'sources.toml')) };
 }
