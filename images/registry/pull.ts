@@ -229,7 +229,9 @@ class Puller {
 
   /** Fetch (or find) a platform manifest's config and layers. */
   private async platformImage(src: Source, d: Descriptor, m: Extract<ParsedManifest, { kind: 'manifest' }>, platform: Platform): Promise<PulledPlatform> {
-    await Promise.all([this.blob(src, m.config, 'config'), ...m.layers.map((l) => this.blob(src, l, 'layer'))]);
+    // Every sibling transfer is let finish (committed or cleaned up) before a failure is thrown, so no
+    // download is still writing into the store's tmp/ after the pull has reported its error.
+    await settleAll([this.blob(src, m.config, 'config'), ...m.layers.map((l) => this.blob(src, l, 'layer'))], () => {});
     return {
       mediaType: d.mediaType,
       digest: d.digest,
