@@ -21,12 +21,19 @@ const MiB = 1024 * 1024;
 
 const tempDir = (t: { after: (fn: () => Promise<void>) => void }) => tempDirFor(t, 'bmap');
 
-/** A sparse file of `size` bytes with random data at the given [offset, length) spots. */
+/** Random bytes none of which is zero: a spot must be data, even the one-byte spot (a random byte is 0 once in 256). */
+function nonZeroBytes(len: number): Buffer {
+  const b = randomBytes(len);
+  for (let i = 0; i < len; i++) if (b[i] === 0) b[i] = 1 + (i % 255);
+  return b;
+}
+
+/** A sparse file of `size` bytes with random non-zero data at the given [offset, length) spots. */
 async function makeImage(path: string, size: number, spots: Array<[number, number]>): Promise<void> {
   const fh = await open(path, 'w');
   try {
     await fh.truncate(size);
-    for (const [at, len] of spots) await fh.write(randomBytes(len), 0, len, at);
+    for (const [at, len] of spots) await fh.write(nonZeroBytes(len), 0, len, at);
   } finally {
     await fh.close();
   }
