@@ -147,8 +147,10 @@ async function checkSignatures(
 async function readSignatureBytes(subject: string, sig: Uint8Array): Promise<openpgp.Signature> {
   try {
     const text = Buffer.from(sig).toString('latin1');
-    if (text.includes('-----BEGIN PGP SIGNATURE-----')) return await openpgp.readSignature({ armoredSignature: text });
-    return await openpgp.readSignature({ binarySignature: sig });
+    const read = text.includes('-----BEGIN PGP SIGNATURE-----') ? await openpgp.readSignature({ armoredSignature: text }) : await openpgp.readSignature({ binarySignature: sig });
+    // openpgp.js skips packets of unknown types, so some garbage parses into a list with no signature in it.
+    if (!read.packets.some((p) => p instanceof openpgp.SignaturePacket)) throw new Error('it holds no signature packet');
+    return read;
   } catch (e) {
     throw new VerificationError(subject, 'an OpenPGP signature', `unreadable signature: ${(e as Error).message}`, { cause: e });
   }
