@@ -160,14 +160,7 @@ export class Cache {
       }
       const owner = await readOwner(path);
       if (owner && isStale(owner)) {
-        // Move the stale file aside first: only one of several waiters wins the rename.
-        const aside = `${path}.stale.${process.pid}.${randomBytes(4).toString('hex')}`;
-        try {
-          await rename(path, aside);
-          await unlink(aside);
-        } catch {
-          /* someone else took it over first */
-        }
+        await breakStaleLock(path, owner);
         continue;
       }
       if (!announced && owner) {
@@ -188,7 +181,7 @@ export class Cache {
   }
 }
 
-interface LockOwner {
+export interface LockOwner {
   pid: number;
   host: string;
   key: string;
@@ -197,6 +190,32 @@ interface LockOwner {
 
 /** A lock file that stays empty this long was left by a process that died between create and write. */
 const EMPTY_LOCK_STALE_MS = 10_000;
+
+/**
+ * Remove the lock file at `path` if it still holds the stale owner `seen`. Waiters do this one at a
+ * time, under `<lock>.break` (O_EXCL): two waiters that both saw the dead owner must not both remove
+ * a lock, or the slower one would remove the live lock the faster one has created meanwhile. A
+ * breaker file left by a process that died in between is removed once it is old.
+ */
+export async function breakStaleLock(path: string, seen: LockOwner): Promise<void> {
+  const breaker = `${path}.break`;
+  try {
+    await (await open(breaker, 'wx', 0o644)).close();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
+      throw new HostError(`cannot create ${breaker}: ${(e as Error).message}`, { cause: e, hint: 'check that the cache directory is writable (or pass --cache DIR)' });
+    }
+    const st = await stat(breaker).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs > EMPTY_LOCK_STALE_MS) await unlink(breaker).catch(() => {});
+    return;
+  }
+  try {
+    const now = await readOwner(path);
+    if (now && now.pid === seen.pid && now.host === seen.host && now.since === seen.since && isStale(now)) await unlink(path).catch(() => {});
+  } finally {
+    await unlink(breaker).catch(() => {});
+  }
+}
 
 async function readOwner(path: string): Promise<LockOwner | undefined> {
   try {

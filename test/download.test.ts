@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, VerificationError, type BrambleError } from '../builders/errors.ts';
 import type { BrambleEvent } from '../builders/events.ts';
-import { Cache, defaultCacheDir, sha256Hex } from '../images/cache.ts';
+import { breakStaleLock, Cache, defaultCacheDir, sha256Hex, type LockOwner } from '../images/cache.ts';
 import { fetchBlob, type FetchContext } from '../images/download.ts';
 import { filesUnder, sha256 } from './helpers/tiny-upstream.ts';
 import { UpstreamServer } from './helpers/upstream-server.ts';
@@ -211,6 +211,31 @@ test('concurrent fetches of one entry download it once and all get the same veri
   assert.deepEqual(await filesUnder(join(cache.root, 'locks')), []);
 });
 
+test('a waiter that saw a dead owner does not remove the live lock another waiter has taken since', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bramble-lock-'));
+  try {
+    const path = join(dir, 'x.lock');
+    const dead: LockOwner = { pid: spawnSync('true').pid!, host: hostname(), key: 'x', since: 1 };
+    await writeFile(path, JSON.stringify(dead));
+    // The faster waiter has already broken that lock and taken it: the file now names a live owner.
+    const live: LockOwner = { pid: process.pid, host: hostname(), key: 'x', since: Date.now() };
+    await writeFile(path, JSON.stringify(live));
+    await breakStaleLock(path, dead);
+    assert.deepEqual(JSON.parse(await readFile(path, 'utf8')), live);
+    // Still the dead owner's file: it is removed, and so is the breaker.
+    await writeFile(path, JSON.stringify(dead));
+    await breakStaleLock(path, dead);
+    assert.deepEqual(await filesUnder(dir), []);
+    // While another waiter is breaking it (its breaker file is fresh), nothing is removed.
+    await writeFile(path, JSON.stringify(dead));
+    await writeFile(`${path}.break`, '');
+    await breakStaleLock(path, dead);
+    assert.deepEqual(JSON.parse(await readFile(path, 'utf8')), dead);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('a lock left by a dead process is taken over; a live holder is waited for', async (t) => {
   const { server, cache, ctx, events } = await setup(t);
   const data = randomBytes(10_000);
@@ -228,7 +253,16 @@ test('a lock left by a dead process is taken over; a live holder is waited for',
   server.files.set('/held', data2);
   const url2 = server.url('/held');
   let release!: () => void;
-  const holding = cache.withLock(`url:${url2}`, ctx, () => new Promise<void>((r) => (release = r)));
+  let held!: () => void;
+  const lockTaken = new Promise<void>((r) => (held = r));
+  const holding = cache.withLock(`url:${url2}`, ctx, () =>
+    new Promise<void>((r) => {
+      release = r;
+      held();
+    }),
+  );
+  // The fetch starts only once the lock is held, so it cannot win the race for it.
+  await lockTaken;
   const waiting = fetchBlob(new Cache(cache.root), url2, ctx);
   while (!events.some((e) => e.kind === 'info' && e.message.startsWith(`waiting for url:${url2}`))) await sleep(10);
   assert.equal(server.requestsFor('/held').length, 0);
