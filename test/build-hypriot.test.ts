@@ -31,7 +31,8 @@ function bramble(args: string[], cwd: string): Promise<{ code: number | null; st
     child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
     child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
     child.on('error', reject);
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+    // 'close', not 'exit': only then has all of stdout been read.
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 

@@ -34,7 +34,8 @@ function bramble(args: string[], opts: { cwd?: string; onStdout?: (chunk: string
     });
     child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
     child.on('error', reject);
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+    // 'close', not 'exit': only then has all of stdout been read.
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 

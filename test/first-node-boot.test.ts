@@ -19,7 +19,7 @@
 // Needs root (network namespace, taps, mounts); BRAMBLE_SKIP_BOOT=1 skips it.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -45,7 +45,8 @@ const WORKER = { name: 'w-1', mac: '52:54:00:81:00:11' };
 /** VM 1 plays cp-1, which has no MAC in cluster.toml. */
 const VM1_MAC = '52:54:00:81:00:02';
 const KERNEL_ARG = 'bramble.test=first-node';
-const NS = `bramble-first-${process.pid}`;
+// pid plus a random part: a namespace left by a killed run cannot collide with a later process of the same pid.
+const NS = `bramble-first-${process.pid}-${randomBytes(3).toString('hex')}`;
 
 /** The cluster: [first_node] with full DHCP on a dedicated interface; cp-1 serves w-1. */
 function clusterToml(): string {

@@ -6,6 +6,7 @@
 // view and the selection a build of the first node implies.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -186,7 +187,7 @@ describe('firewall', () => {
         assert.deepEqual(servedPorts(spec, n).map((x) => `${x.protocol} ${typeof x.port === 'number' ? x.port : x.port.join('-')}`).sort(), expected);
         if (skipRoot) return t.skip(skipRoot);
 
-        const ns = `bramble-fw-${process.pid}-${name}`;
+        const ns = `bramble-fw-${process.pid}-${randomBytes(3).toString('hex')}-${name}`;
         await run('ip', ['netns', 'add', ns]);
         t.after(() => run('ip', ['netns', 'del', ns]).catch(() => undefined));
         await run('ip', ['netns', 'exec', ns, 'nft', '-f', file]);

@@ -9,7 +9,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,7 +27,8 @@ const skipRoot = process.getuid?.() === 0 ? undefined : 'needs root: it creates 
 const BOOT_TIMEOUT_MS = 10 * 60_000;
 /** How long a freshly started server may take to answer before the test gives up on it. */
 const SERVER_START_MS = 60_000;
-const NS = `bramble-netboot-${process.pid}`;
+// pid plus a random part: a namespace left by a killed run cannot collide with a later process of the same pid.
+const NS = `bramble-netboot-${process.pid}-${randomBytes(3).toString('hex')}`;
 const TAP = 'bramble0';
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
 
