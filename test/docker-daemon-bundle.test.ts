@@ -25,7 +25,7 @@ import { blobPath } from '../images/registry/types.ts';
 import { buildWithCli, explainCli, runBramble, TEST_EPOCH, warmBuildCache, writeTestCluster, type TestClusterFiles } from './helpers/build.ts';
 import { dockerdUnavailable, startDockerd, type PrivateDockerd } from './helpers/dockerd.ts';
 import { getFixture, type Fixture } from './helpers/fixture.ts';
-import { rawManifest, sha256Digest, startContainerd } from './helpers/registry-peers.ts';
+import { containerdForTest, rawManifest, sha256Digest } from './helpers/registry-peers.ts';
 import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
 import type { LockedInput } from '../builders/lockfile.ts';
 
@@ -151,10 +151,7 @@ describe('a docker-daemon: extra image bundled into the registry mirror', { skip
     assert.ok(entry, `${MIRRORED} in index.json`);
     assert.equal(entry.digest, recorded);
 
-    const dir = await mkdtemp('/tmp/ctrd-');
-    t.after(() => rm(dir, { recursive: true, force: true }));
-    const c = await startContainerd(dir);
-    t.after(() => c.stop());
+    const c = await containerdForTest(t);
     await c.ctr(['-n', 'k8s', 'images', 'import', '--platform', `linux/${ARCH}`, archive]);
     const table = await c.ctr(['-n', 'k8s', 'images', 'ls']);
     assert.match(table, new RegExp(`^${MIRRORED.replace(/[.]/g, '\\.')}\\s+\\S+\\s+${recorded}`, 'm'));

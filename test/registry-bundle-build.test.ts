@@ -23,7 +23,7 @@ import type { IgnitionConfig } from '../ignition/model.ts';
 import { decodeDataUrl } from '../ignition/validate.ts';
 import { buildWithCli, explainCli, partitionSpan, runBramble, sfdiskTable, TEST_EPOCH, warmBuildCache, writeTestCluster, type TestClusterFiles } from './helpers/build.ts';
 import { getFixture, type Fixture } from './helpers/fixture.ts';
-import { rawManifest, sha256Digest, startContainerd } from './helpers/registry-peers.ts';
+import { containerdForTest, rawManifest, sha256Digest } from './helpers/registry-peers.ts';
 import { filesIn } from './helpers/files.ts';
 import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
 
@@ -168,10 +168,7 @@ describe('bramble build bundles the cluster images as a registry mirror', () => 
   });
 
   test("a real containerd's ctr images import accepts each per-arch archive and names every image", async (t) => {
-    const dir = await mkdtemp('/tmp/ctrd-');
-    t.after(() => rm(dir, { recursive: true, force: true }));
-    const c = await startContainerd(dir);
-    t.after(() => c.stop());
+    const c = await containerdForTest(t);
     for (const arch of ARCHES) {
       const archive = join(clusterDir, 'oci', `${arch}.oci.tar`);
       assert.ok(manifest.artefacts.some((a) => a.path === `oci/${arch}.oci.tar` && a.kind === 'bundle'));

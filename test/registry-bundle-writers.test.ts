@@ -14,7 +14,7 @@ import { distributionTreeFiles, mirrorNamespace, mirrorRepository, treeFileSha25
 import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
 import type { PulledImage } from '../images/registry/types.ts';
 import { TinyBlobStore, type TinyImage } from './helpers/oci-store.ts';
-import { rawManifest, sha256Digest, startContainerd } from './helpers/registry-peers.ts';
+import { containerdForTest, rawManifest, sha256Digest } from './helpers/registry-peers.ts';
 import { filesIn } from './helpers/files.ts';
 import { startDockerRegistry, type DockerRegistry } from './helpers/registry.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -142,16 +142,14 @@ describe('distribution storage tree', () => {
     }
 
     test("a real containerd given the generated hosts.toml files pulls upstream references from the mirror", async (t) => {
-      const dir = await mkdtemp('/tmp/ctrd-');
-      t.after(() => rm(dir, { recursive: true, force: true }));
-      const hostsDir = join(dir, 'certs.d');
       const registries = new Map(pulled.map((p) => [p.name.registry, mirrorNamespace(p.name.registry)]));
-      for (const [upstream, namespace] of registries) {
-        await mkdir(join(hostsDir, upstream), { recursive: true });
-        await writeFile(join(hostsDir, upstream, 'hosts.toml'), hostsToml(upstream, reg.host, namespace));
-      }
-      const c = await startContainerd(dir);
-      t.after(() => c.stop());
+      const c = await containerdForTest(t, async (dir) => {
+        for (const [upstream, namespace] of registries) {
+          await mkdir(join(dir, 'certs.d', upstream), { recursive: true });
+          await writeFile(join(dir, 'certs.d', upstream, 'hosts.toml'), hostsToml(upstream, reg.host, namespace));
+        }
+      });
+      const hostsDir = join(c.dir, 'certs.d');
       for (const img of pulled) {
         for (const p of img.platforms) {
           // No upstream is reachable from here: success means containerd found the mirror path.
@@ -214,10 +212,7 @@ describe('per-arch OCI archives', () => {
   });
 
   test("a real containerd's ctr images import accepts each archive and lists every image by its upstream name", async (t) => {
-    const dir = await mkdtemp('/tmp/ctrd-');
-    t.after(() => rm(dir, { recursive: true, force: true }));
-    const c = await startContainerd(dir);
-    t.after(() => c.stop());
+    const c = await containerdForTest(t);
     for (const arch of ARCHES) {
       const ns = `bramble-${arch}`;
       await c.ctr(['-n', ns, 'images', 'import', '--platform', `linux/${arch}`, archives.get(arch)!]);

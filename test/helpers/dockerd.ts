@@ -2,7 +2,7 @@
 // temp dir, with the vfs storage driver and no networking of its own (no bridge, no iptables), so it
 // touches nothing of the host's Docker and needs no kernel overlay support. It needs root. The test
 // that starts it stops it (and its containerd) in t.after, and the temp dir goes with it.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Dockerode from 'dockerode';
@@ -69,6 +69,17 @@ export async function startDockerd(t: { after: (fn: () => Promise<void>) => void
       if (!(await waitForExit(child, 30_000))) {
         child.kill('SIGKILL');
         await waitForExit(child, 5_000);
+        // Killed, dockerd undid nothing: its containerd still runs and its data root may still be
+        // bind-mounted onto itself (dockerd does that on a private /tmp). Without this, rm fails (EBUSY).
+        const ctrdPid = Number((await readFile(join(dir, 'exec', 'containerd', 'containerd.pid'), 'utf8').catch(() => '')).trim());
+        if (ctrdPid > 0) {
+          try {
+            process.kill(ctrdPid, 'SIGKILL');
+          } catch {
+            /* already gone */
+          }
+        }
+        spawnSync('umount', ['-l', join(dir, 'data')], { stdio: 'ignore' });
       }
     }
     await log.close();

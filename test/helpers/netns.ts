@@ -49,7 +49,8 @@ export class NetworkNamespace {
     const child = spawn(requireTool('ip'), ['netns', 'exec', this.name, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.started.add(child);
     live.add(child);
-    const exited = new Promise<void>((ok) => child.once('exit', () => ok()));
+    // 'close': the process has exited and its output has been read to the end.
+    const exited = new Promise<void>((ok) => child.once('close', () => ok()));
     void exited.then(() => {
       this.started.delete(child);
       live.delete(child);

@@ -10,6 +10,7 @@ import { requireTool } from '../../builders/exec.ts';
 import { HostToolError } from '../../builders/errors.ts';
 import { MARKER } from '../../scripts/fixtures/init-script.ts';
 import { existsSync } from 'node:fs';
+import type { Readable } from 'node:stream';
 
 export type QemuArch = 'amd64' | 'arm64';
 export type QemuFirmware = 'ovmf' | 'aavmf' | 'seabios' | 'none';
@@ -100,11 +101,22 @@ export async function watchUntilDone(qemu: { child: ChildProcess; output(): stri
     if (/BRAMBLE-DONE[^\n]*\n/.test(qemu.output().replace(ESCAPES, ''))) qemu.child.kill('SIGKILL');
   }, 250);
   const t0 = Date.now();
-  await new Promise((ok) => (qemu.child.exitCode !== null || qemu.child.signalCode !== null ? ok(undefined) : qemu.child.once('exit', ok)));
+  await closed(qemu.child);
   clearTimeout(timer);
   clearInterval(poll);
   const serial = qemu.output().replace(ESCAPES, '');
   return { serial, markers: parseMarkers(serial), timedOut, seconds: (Date.now() - t0) / 1000 };
+}
+
+/**
+ * Resolves once the child has exited and its stdout and stderr have been read to their end ('close',
+ * not 'exit': a qemu that powers itself off right after printing BRAMBLE-DONE may exit before Node has
+ * read those last bytes from the pipe).
+ */
+export function closed(child: ChildProcess): Promise<void> {
+  const drained = (s: Readable | null) => !s || s.destroyed || s.readableEnded;
+  if ((child.exitCode !== null || child.signalCode !== null) && drained(child.stdout) && drained(child.stderr)) return Promise.resolve();
+  return new Promise((ok) => child.once('close', () => ok()));
 }
 
 export function parseMarkers(serial: string): BootMarkers {
@@ -207,7 +219,8 @@ export async function bootAndCapture(o: BootOptions): Promise<BootResult> {
       child.stderr!.setEncoding('utf8').on('data', (d: string) => {
         err += d;
       });
-      child.on('exit', () => {
+      // 'close', not 'exit': the serial output is complete only once stdout has ended.
+      child.on('close', () => {
         clearTimeout(timer);
         live.delete(child);
         resolve();

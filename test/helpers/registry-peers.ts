@@ -1,13 +1,14 @@
 // Real peers for the registry bundle besides the registry itself (test/helpers/registry.ts): skopeo
 // reading what a registry serves, and a private containerd (own root, state and socket in a temp
-// dir) for `ctr images import`. startContainerd returns a stop function; tests call it in t.after.
+// dir) for `ctr images import`. containerdForTest stops it and removes its directory after the test.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../../builders/exec.ts';
 
-async function until(what: string, child: ChildProcess, log: () => string, check: () => Promise<boolean>, timeoutMs = 20000): Promise<void> {
+// 60 s, like the other peers: a machine busy with TCG guests can take a while to start one.
+async function until(what: string, child: ChildProcess, log: () => string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
   const t0 = Date.now();
   while (Date.now() - t0 < timeoutMs) {
     if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}:\n${log().slice(-3000)}`);
@@ -45,10 +46,30 @@ export interface PrivateContainerd {
 }
 
 /**
+ * A private containerd in a fresh short directory (prepared by `prepare` before containerd starts),
+ * stopped and then its directory removed after the test: one hook, since after-hooks run in the
+ * order they were added and containerd must be gone before its root is.
+ */
+export async function containerdForTest(
+  t: { after(fn: () => Promise<void>): void },
+  prepare?: (dir: string) => Promise<void>,
+): Promise<PrivateContainerd & { dir: string }> {
+  const dir = await mkdtemp('/tmp/ctrd-');
+  let running: PrivateContainerd | undefined;
+  t.after(async () => {
+    await running?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+  await prepare?.(dir);
+  running = await startContainerd(dir);
+  return { ...running, dir };
+}
+
+/**
  * containerd as root with its own root, state and socket under `dir` (short path: a unix socket
  * name is limited to 107 bytes), the CRI plugin off, the native snapshotter (works in any container).
  */
-export async function startContainerd(dir: string): Promise<PrivateContainerd> {
+async function startContainerd(dir: string): Promise<PrivateContainerd> {
   const root = join(dir, 'root');
   const state = join(dir, 'state');
   const address = join(dir, 'c.sock');

@@ -117,7 +117,11 @@ export async function startDockerRegistry(dir: string, o: DockerRegistryOptions 
   }
 }
 
-/** Any HTTP answer (200, or 401 with auth) means it serves; false when it exits or 20 s pass. */
+/**
+ * An answer from a distribution registry (200, or 401 with auth; either carries the API version
+ * header) while our child still runs means it serves: another server that took the port first would
+ * answer too. False when it exits or 20 s pass.
+ */
 async function waitReady(url: string, child: ChildProcess): Promise<boolean> {
   const t0 = Date.now();
   while (Date.now() - t0 < 20_000) {
@@ -125,7 +129,9 @@ async function waitReady(url: string, child: ChildProcess): Promise<boolean> {
     try {
       const res = await fetch(url);
       await res.body?.cancel();
-      return true;
+      if (!res.headers.has('docker-distribution-api-version')) return false;
+      await sleep(50); // a registry whose bind failed exits at once: give it the moment to show that
+      return child.exitCode === null;
     } catch {
       await sleep(100);
     }
