@@ -11,7 +11,7 @@
 // the Kubernetes bootstrap (a DHCP-only cluster has none: no node could be told where the mirror is),
 // with registry.mirror = false, or when the first control-plane node has no disk to carry it; the
 // plan says which.
-import { readFile, rm, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Ext4Entry } from '../images/ext4.ts';
 import {
@@ -26,7 +26,7 @@ import {
   uniqueBlobs,
   type TreeFile,
 } from '../images/registry/distribution-tree.ts';
-import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
+import { ociArchiveContent, ociArchiveSize, writeOciArchive } from '../images/registry/oci-archive.ts';
 import { loadRegistryCredentials } from '../images/registry/auth.ts';
 import { exportFromDockerDaemon } from '../images/registry/docker-daemon.ts';
 import { pullImages } from '../images/registry/pull.ts';
@@ -283,16 +283,25 @@ export async function writeMirrorBundle(o: {
   return bundle;
 }
 
+/**
+ * Write an arch's OCI archive unless the one already there has the same bytes. An archive of another
+ * size is rewritten at once (its size is known from the content); one of the same size is compared by
+ * hashing the archive stream without writing it, so an unchanged archive costs reads only.
+ */
 async function writeArchiveIfChanged(out: OutputWriter, rel: string, images: PulledImage[], arch: Arch, storeRoot: string, epoch: number, signal: AbortSignal): Promise<void> {
-  const tmp = await out.tempPathFor(rel);
-  const written = await writeOciArchive(ociArchiveContent(images, arch), { storeRoot, dest: tmp, epoch, signal });
-  const existing = await sha256File(out.path(rel), signal).catch(() => undefined);
-  if (existing === written.sha256) {
-    await rm(tmp, { force: true });
-    await out.recordFile(rel, { kind: 'bundle', arch, secret: false }, { sha256: written.sha256 });
-    return;
+  const meta = { kind: 'bundle', arch, secret: false } as const;
+  const content = ociArchiveContent(images, arch);
+  const existingSize = (await stat(out.path(rel)).catch(() => undefined))?.size;
+  if (existingSize === ociArchiveSize(content)) {
+    const [wanted, existing] = await Promise.all([writeOciArchive(content, { storeRoot, epoch, signal }), sha256File(out.path(rel), signal).catch(() => undefined)]);
+    if (existing === wanted.sha256) {
+      await out.recordFile(rel, meta, { sha256: wanted.sha256 });
+      return;
+    }
   }
-  await out.adoptFile(rel, tmp, { kind: 'bundle', arch, secret: false }, { sha256: written.sha256 });
+  const tmp = await out.tempPathFor(rel);
+  const written = await writeOciArchive(content, { storeRoot, dest: tmp, epoch, signal });
+  await out.adoptFile(rel, tmp, meta, { sha256: written.sha256 });
 }
 
 /** The serving node's ROOT: the storage tree under /var/lib/registry and the two archives it imports at boot. */

@@ -11,7 +11,8 @@
 //    lock asks the fixture registry nothing and writes identical bundle bytes.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile, appendFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { appendFile, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { gunzipSync } from 'node:zlib';
 import { join, relative } from 'node:path';
@@ -245,6 +246,11 @@ describe('bramble build bundles the cluster images as a registry mirror', () => 
   test('an --offline rebuild from the lock asks the fixture registry nothing and writes the same bundle', async () => {
     const before = new Map(manifest.artefacts.filter((a) => a.kind === 'bundle').map((a) => [a.path, a.sha256]));
     const inode = (await stat(join(clusterDir, 'oci', 'arm64.oci.tar'))).ino;
+    // One byte of the amd64 archive changed, its size kept: the rebuild must notice and rewrite it.
+    const damaged = join(clusterDir, 'oci', 'amd64.oci.tar');
+    const fh = await open(damaged, 'r+');
+    await fh.write(Buffer.from('X'), 0, 1, 600);
+    await fh.close();
     const mark = f.server.requests.length;
     const r = await runBramble(
       ['build', '-c', files.config, '--sources', files.sources, '--out', join(tmp, 'c', 'out'), '--cache', warmBuildCache(), '--lock', join(tmp, 'c', 'bramble.lock'), '--offline'],
@@ -256,5 +262,6 @@ describe('bramble build bundles the cluster images as a registry mirror', () => 
     const again = JSON.parse(await readFile(join(clusterDir, 'manifest.json'), 'utf8')) as Manifest;
     assert.deepEqual(new Map(again.artefacts.filter((a) => a.kind === 'bundle').map((a) => [a.path, a.sha256])), before);
     assert.equal((await stat(join(clusterDir, 'oci', 'arm64.oci.tar'))).ino, inode, 'an unchanged archive is left alone');
+    assert.equal(createHash('sha256').update(await readFile(damaged)).digest('hex'), before.get('oci/amd64.oci.tar'), 'a changed archive is written again');
   });
 });

@@ -11,7 +11,7 @@ import { join, relative } from 'node:path';
 import { run } from '../builders/exec.ts';
 import { hostsToml } from '../overlays/registry/mirror.ts';
 import { distributionTreeFiles, mirrorNamespace, mirrorRepository, treeFileSha256, treePaths, uniqueBlobs, writeDistributionTree, type TreeFile } from '../images/registry/distribution-tree.ts';
-import { ociArchiveContent, writeOciArchive } from '../images/registry/oci-archive.ts';
+import { ociArchiveContent, ociArchiveSize, writeOciArchive } from '../images/registry/oci-archive.ts';
 import type { PulledImage } from '../images/registry/types.ts';
 import { TinyBlobStore, type TinyImage } from './helpers/oci-store.ts';
 import { containerdForTest, rawManifest, sha256Digest } from './helpers/registry-peers.ts';
@@ -209,6 +209,14 @@ describe('per-arch OCI archives', () => {
     const w = await writeOciArchive(ociArchiveContent(pulled, 'amd64'), { storeRoot: store.root, dest: again, epoch: EPOCH });
     assert.ok((await readFile(again)).equals(await readFile(archives.get('amd64')!)));
     assert.equal(`sha256:${w.sha256}`, sha256Digest(await readFile(again)));
+    // The size known in advance and a hash-only pass (what a rebuild compares) agree with the file.
+    for (const arch of ARCHES) {
+      const content = ociArchiveContent(pulled, arch);
+      const bytes = await readFile(archives.get(arch)!);
+      assert.equal(ociArchiveSize(content), bytes.length, arch);
+      const hashed = await writeOciArchive(content, { storeRoot: store.root, epoch: EPOCH });
+      assert.deepEqual(hashed, { size: bytes.length, sha256: sha256Digest(bytes).slice('sha256:'.length) }, arch);
+    }
   });
 
   test("a real containerd's ctr images import accepts each archive and lists every image by its upstream name", async (t) => {

@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { blobPath, type Descriptor, type PulledImage, type PulledPlatform } from './types.ts';
 
@@ -99,11 +99,20 @@ export interface WrittenArchive {
   sha256: string;
 }
 
+/** The archive's size in bytes, known from the content alone: what writeOciArchive will write. */
+export function ociArchiveSize(content: OciArchiveContent): number {
+  const entry = (size: number) => BLOCK + size + padding(size).length;
+  const dirs = 2 * BLOCK;
+  const blobs = content.blobs.reduce((n, b) => n + entry(b.size), 0);
+  return dirs + blobs + entry(content.index.length) + entry(Buffer.byteLength(OCI_LAYOUT_FILE)) + 2 * BLOCK;
+}
+
 /**
  * Write the archive for `content` to `dest` (a temp path the caller renames), reading blobs from
- * the store. Returns its size and sha256, computed while writing.
+ * the store. Returns its size and sha256, computed while writing. Without `dest` the archive is
+ * only hashed, nothing is written.
  */
-export async function writeOciArchive(content: OciArchiveContent, o: { storeRoot: string; dest: string; epoch: number; signal?: AbortSignal }): Promise<WrittenArchive> {
+export async function writeOciArchive(content: OciArchiveContent, o: { storeRoot: string; dest?: string; epoch: number; signal?: AbortSignal }): Promise<WrittenArchive> {
   const hash = createHash('sha256');
   let size = 0;
   async function* tar(): AsyncGenerator<Buffer> {
@@ -136,6 +145,7 @@ export async function writeOciArchive(content: OciArchiveContent, o: { storeRoot
     // End of archive: two zero blocks.
     yield emit(Buffer.alloc(2 * BLOCK));
   }
-  await pipeline(Readable.from(tar()), createWriteStream(o.dest, { mode: 0o644 }), { signal: o.signal });
+  const sink = o.dest ? createWriteStream(o.dest, { mode: 0o644 }) : new Writable({ write: (_chunk, _enc, done) => done() });
+  await pipeline(Readable.from(tar()), sink, { signal: o.signal });
   return { size, sha256: hash.digest('hex') };
 }
