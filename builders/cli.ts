@@ -8,7 +8,7 @@ import { commands, type CommandContext } from './commands.ts';
 const usage = `bramble — build everything a bare-metal Kubernetes cluster needs to boot offline
 
 Usage:
-  bramble plan    [-c cluster.toml] [--sources FILE] [--target T]... [--node NAME]... [--json]
+  bramble plan    [-c cluster.toml] [--sources FILE] [--target T]... [--node NAME]... [--cache DIR] [--json]
   bramble fetch   [-c cluster.toml] [--sources FILE] [--cache DIR] [--offline] [--json]
   bramble build   [-c cluster.toml] [--sources FILE] [--target T]... [--node NAME]... [--out DIR]
                   [--cache DIR] [--offline] [--json]

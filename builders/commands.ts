@@ -17,6 +17,7 @@ import { buildCluster } from './build.ts';
 import { inspectPath } from './inspect.ts';
 import { flashCommand } from './flash-command.ts';
 import { publishCommands } from './publish-commands.ts';
+import { cachedMirrorSize } from './registry-content.ts';
 import type { ClusterSpec, Target } from './spec.ts';
 import { ttyProgress } from './tty-progress.ts';
 
@@ -72,6 +73,8 @@ const plan: Command = async (ctx) => {
   const spec = await resolveSpec(ctx.values);
   const lock = await readLock(lockPathOf(ctx.values));
   const p = planBuild(spec, { targets: targetsOf(ctx.values), nodes: ctx.values.node, lock });
+  // The mirror's size needs no request: it is read from the cache when the lock pins every image.
+  if (p.registry.bundle) p.registry.bundle.cachedSize = await cachedMirrorSize(p.registry.bundle, { spec, cacheDir: cacheDirOf(ctx.values), lock, signal: ctx.signal });
   ctx.stdout(ctx.values.json ? planToJson(p) : formatPlan(p));
   return 0;
 };

@@ -2,7 +2,7 @@
 // the versioned BuildPlan: which nodes are built, with what addresses and versions, which artefacts
 // land in out/<cluster>/ and which upstream inputs that needs. No I/O.
 import { kubernetesApplies, kubernetesBinariesApply, sysextTreePath } from './kubernetes-content.ts';
-import { planRegistryBundle, type ImageOrigin } from './registry-content.ts';
+import { planRegistryBundle, type CachedMirrorSize, type ImageOrigin } from './registry-content.ts';
 import { sysextFileName } from '../overlays/kubernetes/sysext.ts';
 import { bootstrapRole, type BootstrapRole } from '../overlays/kubernetes/kubeadm.ts';
 import { checkKubernetesBinariesPublished } from '../overlays/kubernetes/node-content.ts';
@@ -99,6 +99,8 @@ export interface BuildPlan {
       /** `ip:5000` of the first control-plane node, which serves it to every node. */
       address: string;
       servedBy: string;
+      /** What the mirror stores, when the cache already holds every pinned image (set by `bramble plan`). */
+      cachedSize?: CachedMirrorSize;
     } | null;
     /** Why nothing is bundled (registry.mirror = false, no Kubernetes bootstrap), else null. */
     bundleMissing: string | null;
@@ -408,6 +410,12 @@ export function formatPlan(plan: BuildPlan): string {
   if (!plan.registry.bundle) lines.push('', `images (${plan.kubernetes.images.length})`, ...plan.kubernetes.images.map((i) => `  ${i}`));
   if (plan.registry.bundle) {
     lines.push('', `images (${plan.registry.bundle.images.length}) in out/${plan.cluster}/${layout.registryDir}/ and ${layout.ociArchive('<arch>')}`);
+    const size = plan.registry.bundle.cachedSize;
+    if (size && 'unknown' in size) lines.push(`  size: unknown: ${size.unknown}`);
+    else if (size) {
+      const left = size.notCounted.length ? `; not counting ${size.notCounted.join(', ')}` : '';
+      lines.push(`  size: ${size.uniqueBytes} bytes (${(size.uniqueBytes / 2 ** 20).toFixed(1)} MiB) in ${size.blobs} unique blobs, from the cache${left}`);
+    }
     lines.push(...table(['IMAGE', 'FOR'], plan.registry.bundle.images.map((i) => [i.ref, i.origin])));
   }
   lines.push('', `inputs (${plan.inputs.length})`);

@@ -47,7 +47,7 @@ import {
   REGISTRY_SERVER_IMAGE,
   servicesArchiveOnNode,
 } from '../overlays/registry/mirror.ts';
-import { VerificationError } from './errors.ts';
+import { BrambleError, HostError, InterruptedError, VerificationError } from './errors.ts';
 import type { StageContext } from './events.ts';
 import { kubernetesApplies } from './kubernetes-content.ts';
 import { layout } from './layout.ts';
@@ -219,6 +219,55 @@ export async function pullBundleImages(
     };
   });
   return { images: pulled, locked };
+}
+
+/** The mirror's size for `bramble plan`, known when the cache already holds every image bramble.lock pins. */
+export type CachedMirrorSize =
+  | {
+      /** Each unique blob once: the number `bramble inspect` prints after the build. */
+      uniqueBytes: number;
+      blobs: number;
+      /** `docker-daemon:` images, left out of the count (their blobs come from the daemon at build time). */
+      notCounted: string[];
+    }
+  | { unknown: string };
+
+/**
+ * What the mirror will store, from the blob store alone: each image the lock pins is read back by its
+ * digest (no request is made; `offline`), for the cluster's arches only, and the unique blobs of the
+ * resulting storage tree are summed, as the build does.
+ */
+export async function cachedMirrorSize(
+  bundle: { images: ReadonlyArray<{ ref: string }>; arches: readonly Arch[] },
+  o: { spec: ClusterSpec; cacheDir: string; lock?: LockFile; signal: AbortSignal },
+): Promise<CachedMirrorSize> {
+  const pins = new Map((o.lock?.inputs ?? []).filter((i) => i.id.startsWith(IMAGE_LOCK_PREFIX)).map((i) => [i.id.slice(IMAGE_LOCK_PREFIX.length), i]));
+  const notCounted = bundle.images.map((i) => i.ref).filter((r) => r.startsWith(dockerDaemonPrefix));
+  const refs = bundle.images.map((i) => i.ref).filter((r) => !r.startsWith(dockerDaemonPrefix));
+  const unpinned = refs.filter((r) => !pins.has(r));
+  if (unpinned.length > 0) {
+    return { unknown: `${unpinned.length} of ${refs.length} images are not pinned in bramble.lock yet (first: ${unpinned[0]}); \`bramble fetch\` pulls and pins them` };
+  }
+  try {
+    const images = await pullImages({
+      refs,
+      platforms: platformsOf(bundle.arches),
+      storeRoot: registryStoreRoot(o.cacheDir),
+      registries: o.spec.sources.registries,
+      credentials: {},
+      pinned: Object.fromEntries(refs.map((r) => [r, `sha256:${pins.get(r)!.sha256}`])),
+      offline: true,
+      signal: o.signal,
+      events: () => {},
+    });
+    const blobs = uniqueBlobs(distributionTreeFiles(images));
+    return { uniqueBytes: blobs.reduce((n, b) => n + b.size, 0), blobs: blobs.length, notCounted };
+  } catch (e) {
+    // Offline, a blob or manifest missing from the store is a HostError: the cache is just not filled yet.
+    if (e instanceof HostError) return { unknown: 'the cache does not hold every pinned image yet; `bramble fetch` pulls them' };
+    if (e instanceof BrambleError && !(e instanceof InterruptedError)) return { unknown: e.message };
+    throw e;
+  }
 }
 
 export interface MirrorBundle {

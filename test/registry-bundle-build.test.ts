@@ -143,6 +143,24 @@ describe('bramble build bundles the cluster images as a registry mirror', () => 
     for (const u of upstream.values()) {
       assert.match(inspect.stdout, new RegExp(`^ {2}${u.ref.replace(/[.]/g, '\\.')}\\n {6}top +${u.top}\\n {6}linux/amd64 +${u.children.get('amd64')!.digest}\\n {6}linux/arm64 +${u.children.get('arm64')!.digest}$`, 'm'));
     }
+
+    // bramble plan reads the same total from the cache before any build, without a request.
+    const planArgs = ['plan', '-c', files.config, '--sources', files.sources, '--lock', join(tmp, 'c', 'bramble.lock')];
+    const mark = f.server.requests.length;
+    const plan = await runBramble([...planArgs, '--cache', warmBuildCache()]);
+    assert.equal(plan.code, 0, explainCli(plan));
+    assert.match(plan.stdout, new RegExp(`^ {2}size: ${expected} bytes \\(\\d+\\.\\d MiB\\) in ${unique.size} unique blobs, from the cache$`, 'm'));
+    assert.deepEqual(f.server.requests.slice(mark), [], 'plan asks no server anything');
+    const json = await runBramble([...planArgs, '--cache', warmBuildCache(), '--json']);
+    assert.equal(json.code, 0, explainCli(json));
+    assert.deepEqual(JSON.parse(json.stdout).registry.bundle.cachedSize, { uniqueBytes: expected, blobs: unique.size, notCounted: [] });
+    // An empty cache, or no lock yet: the size is unknown, and the plan says what fills it in.
+    const empty = await runBramble([...planArgs, '--cache', join(tmp, 'empty-cache')]);
+    assert.equal(empty.code, 0, explainCli(empty));
+    assert.match(empty.stdout, /^ {2}size: unknown: the cache does not hold every pinned image yet; `bramble fetch` pulls them$/m);
+    const unlocked = await runBramble(['plan', '-c', files.config, '--sources', files.sources, '--lock', join(tmp, 'no.lock'), '--cache', warmBuildCache()]);
+    assert.equal(unlocked.code, 0, explainCli(unlocked));
+    assert.match(unlocked.stdout, new RegExp(`^ {2}size: unknown: ${refs.length} of ${refs.length} images are not pinned in bramble\\.lock yet \\(first: .*\\); \`bramble fetch\` pulls and pins them$`, 'm'));
   });
 
   describe('a second, real docker-registry serving out/<cluster>/registry read-only', () => {
