@@ -8,7 +8,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { readBmap, type Bmap } from '../images/bmap.ts';
+import { bmapByteRanges, readBmap, type Bmap } from '../images/bmap.ts';
 import { checkTarget, inspectTarget, tooSmall, type TargetInfo } from '../images/devices.ts';
 import { SECTOR_SIZE } from '../images/gpt.ts';
 import { alignedBuffer, BufferPool } from '../images/sources/aligned.ts';
@@ -98,10 +98,6 @@ function segmentsOf(ranges: readonly ByteRange[], digestOf: (i: number) => strin
   return out;
 }
 
-function bmapRanges(bmap: Bmap): ByteRange[] {
-  return bmap.ranges.map((r): ByteRange => [r.first * bmap.blockSize, Math.min((r.last + 1) * bmap.blockSize, bmap.imageSize)]);
-}
-
 function checkArguments(opts: FlashOptions): void {
   if (/\.bmap$/i.test(opts.source)) {
     throw new UsageError(`${opts.source} is a bmap file, not an image`, { hint: 'pass the image; its .bmap beside it is found by itself (or name it with --bmap)' });
@@ -176,7 +172,7 @@ class ImageWriter {
 
   private rangeChecks(): RangeCheck[] {
     if (!this.bmap) return [];
-    const bytes = bmapRanges(this.bmap);
+    const bytes = bmapByteRanges(this.bmap);
     return this.bmap.ranges.map((r, i) => ({ start: bytes[i]![0], end: bytes[i]![1], first: r.first, last: r.last, chksum: r.chksum }));
   }
 
@@ -301,7 +297,7 @@ export async function flashImage(opts: FlashOptions): Promise<Map<string, FlashR
 
     let known: Segment[] | undefined;
     if (bmap) {
-      known = segmentsOf(bmapRanges(bmap), (i) => bmap.ranges[i]!.chksum, bmap.checksumType);
+      known = segmentsOf(bmapByteRanges(bmap), (i) => bmap.ranges[i]!.chksum, bmap.checksumType);
     } else {
       opts.events?.({ kind: 'warning', message: `no bmap found for ${opts.source}: writing its non-zero blocks, without checksums from a bmap` });
       if (source.canRead()) {

@@ -7,7 +7,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { readBmap } from '../images/bmap.ts';
+import { bmapByteRanges, readBmap } from '../images/bmap.ts';
 import { compressFile, compressionSuffix, compressorVersion, type Compression } from '../images/compress.ts';
 import { hashingPassThrough } from '../images/hashing-stream.ts';
 import type { ByteRange } from '../images/sparse.ts';
@@ -204,7 +204,7 @@ async function stageArchive(o: StageOptions, build: Manifest, name: string, grou
   const scanners = new Map(group.map((a) => [a.path, o.private ? undefined : new SecretScanner()]));
   const secretDirs = new Set<string>();
   for (const a of group) if (a.secret) for (let d = dirname(a.path); d !== '.'; d = dirname(d)) secretDirs.add(d);
-  await writeTar(
+  const { size, sha256 } = await writeTar(
     dest,
     group.map((a) => ({ path: a.path, file: join(o.clusterDir, a.path), size: a.size, mode: a.secret ? 0o600 : 0o644 })),
     {
@@ -226,18 +226,7 @@ async function stageArchive(o: StageOptions, build: Manifest, name: string, grou
     members.push({ path, size: a.size, sha256: a.sha256, kind: a.kind, ...(a.node !== undefined && { node: a.node }), secret: a.secret });
   }
   members.sort((x, y) => (x.path < y.path ? -1 : 1));
-  const { size, sha256 } = await hashFileOf(dest);
   return { name, size, sha256, kind: 'archive', secret: group.some((a) => a.secret), members };
-}
-
-async function hashFileOf(path: string): Promise<{ size: number; sha256: string }> {
-  const c = hashingPassThrough();
-  await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), c.stream, async function* (source: AsyncIterable<Buffer>) {
-    for await (const _ of source) {
-      /* drain */
-    }
-  });
-  return c.result();
 }
 
 /** The image's data ranges from its bmap, so holes are not read; the whole file when there is no usable bmap. */
@@ -247,7 +236,7 @@ async function dataRangesOf(clusterDir: string, artefacts: Artefact[], image: Ar
   try {
     const m = await readBmap(join(clusterDir, bmap.path));
     if (m.imageSize !== image.size) return undefined;
-    return m.ranges.map((r): ByteRange => [r.first * m.blockSize, Math.min(m.imageSize, (r.last + 1) * m.blockSize)]);
+    return bmapByteRanges(m);
   } catch {
     // A damaged bmap fails its own publish check; the image is then read whole.
     return undefined;

@@ -132,6 +132,11 @@ function integer(xml: string, name: string, file: string): number {
 }
 
 /** Parse and check a bmap 2.x file: its own checksum, the counts, and that ranges are ordered and in bounds. */
+/** The image byte ranges a bmap maps (its last block cut at the image size). */
+export function bmapByteRanges(bmap: Bmap): ByteRange[] {
+  return bmap.ranges.map((r): ByteRange => [r.first * bmap.blockSize, Math.min((r.last + 1) * bmap.blockSize, bmap.imageSize)]);
+}
+
 export async function readBmap(path: string): Promise<Bmap> {
   const raw = await readFile(path);
   const xml = raw.toString('utf8').replace(/<!--[\s\S]*?-->/g, '');

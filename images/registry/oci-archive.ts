@@ -12,6 +12,7 @@ import { stat } from 'node:fs/promises';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { blobPath, type Descriptor, type PulledImage, type PulledPlatform } from './types.ts';
+import { USTAR_BLOCK as BLOCK, ustarHeader, ustarPadding as padding } from '../ustar.ts';
 
 /** image-spec image-layout.md: the `oci-layout` file's content. */
 export const OCI_LAYOUT_FILE = JSON.stringify({ imageLayoutVersion: '1.0.0' });
@@ -59,40 +60,6 @@ export function ociArchiveContent(images: readonly PulledImage[], arch: string):
   const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX_MEDIA_TYPE, manifests }));
   return { index, blobs: [...blobs.values()].sort((a, b) => (a.digest < b.digest ? -1 : 1)), refs: [...seenRefs] };
 }
-
-// ---- POSIX ustar (IEEE Std 1003.1, pax "ustar Interchange Format") ----
-const BLOCK = 512;
-/** Largest size an 11-digit octal field holds (8 GiB - 1). */
-const USTAR_SIZE_MAX = 0o77777777777;
-const TYPE_FILE = '0';
-const TYPE_DIR = '5';
-
-function octal(value: number, width: number): string {
-  return value.toString(8).padStart(width - 1, '0') + '\0';
-}
-
-/** One ustar header block; `name` must fit the 100-byte field (archive names here are at most 77). */
-export function ustarHeader(name: string, o: { size: number; mode: number; mtime: number; type: 'file' | 'dir' }): Buffer {
-  const h = Buffer.alloc(BLOCK);
-  if (Buffer.byteLength(name) > 100) throw new Error(`tar entry name longer than 100 bytes: ${name}`);
-  if (o.size > USTAR_SIZE_MAX) throw new Error(`tar entry ${name} is larger than ustar's 8 GiB limit`);
-  h.write(name, 0, 100, 'utf8');
-  h.write(octal(o.mode, 8), 100, 'ascii');
-  h.write(octal(0, 8), 108, 'ascii'); // uid
-  h.write(octal(0, 8), 116, 'ascii'); // gid
-  h.write(octal(o.size, 12), 124, 'ascii');
-  h.write(octal(o.mtime, 12), 136, 'ascii');
-  h.write(' '.repeat(8), 148, 'ascii'); // checksum field counts as spaces while summing
-  h.write(o.type === 'dir' ? TYPE_DIR : TYPE_FILE, 156, 'ascii');
-  h.write('ustar\0', 257, 'ascii');
-  h.write('00', 263, 'ascii');
-  let sum = 0;
-  for (const byte of h) sum += byte;
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'ascii');
-  return h;
-}
-
-const padding = (size: number) => Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK);
 
 export interface WrittenArchive {
   size: number;

@@ -20,7 +20,7 @@ import { loadClusterFile } from '../../builders/load.ts';
 import { sha256Sparse } from '../../builders/output.ts';
 import { readLock } from '../../builders/lockfile.ts';
 import { RPI4_CONFIG_TXT } from '../../builders/rpi4-firmware.ts';
-import { readBmap } from '../../images/bmap.ts';
+import { bmapByteRanges, readBmap } from '../../images/bmap.ts';
 import { readBtrfsFile } from '../../images/btrfs.ts';
 import { RPI4_FIRMWARE_ID } from '../../images/catalog/boot-firmware.ts';
 import { findPartition, partitionBytes, readGpt } from '../../images/gpt.ts';
@@ -202,7 +202,7 @@ async function main(): Promise<number> {
         const image = join(out, 'bench', 'images', `${NODE}.img`);
         const bmap = await readBmap(`${image}.bmap`);
         const t0 = process.hrtime.bigint();
-        await sha256Sparse(image, bmap.ranges.map((r): [number, number] => [r.first * bmap.blockSize, Math.min(bmap.imageSize, (r.last + 1) * bmap.blockSize)]));
+        await sha256Sparse(image, bmapByteRanges(bmap));
         hashSeconds.push({ layout: L.label, seconds: Number(process.hrtime.bigint() - t0) / 1e9 });
         await rm(out, { recursive: true, force: true });
 
