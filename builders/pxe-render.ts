@@ -213,8 +213,8 @@ export interface InstallerOptions {
   /** Target disk; default /dev/sda. */
   disk?: string;
   /**
-   * flatcar-install -b: it downloads `<base>/<version>/flatcar_production_image.bin.bz2` and its `.sig`
-   * (installImageUrl), e.g. from the first node's PXE tree; default Flatcar's release server.
+   * flatcar-install -b: it downloads `<base>/<version>/flatcar_production_image.bin.bz2` and its `.sig`,
+   * e.g. from the first node's PXE tree; default Flatcar's release server.
    */
   imageBaseUrl?: string;
   /** flatcar-install -V; default `current` of the channel. */
@@ -240,11 +240,6 @@ export const INSTALLER_OEM_GRUB_SCRIPT = '/opt/bramble/install-oem-grub';
 export const DEFAULT_INSTALL_DISK = '/dev/sda';
 /** The generic image, as bramble's disk images use: `-o ""` keeps an OEM id of the netboot out of the name. */
 export const INSTALL_IMAGE = flatcarFiles.image;
-
-/** The URL flatcar-install downloads the image from for `-b base -V version -o ""` (its `.sig` is this plus `.sig`). */
-export function installImageUrl(imageBaseUrl: string, version: string): string {
-  return `${imageBaseUrl.replace(/\/$/, '')}/${version}/${INSTALL_IMAGE}`;
-}
 
 /**
  * Run after flatcar-install with the disk and the grub.cfg: mounts the disk's OEM partition (found by
