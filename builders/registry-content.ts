@@ -157,6 +157,13 @@ export function daemonImageArchWarning(entry: string, imagePlatforms: readonly P
   );
 }
 
+/** The image digests bramble.lock pins, by the reference cluster.toml gives (`sha256:<hex>`). */
+function pinnedImages(lock: LockFile | undefined): Record<string, string> {
+  const pinned: Record<string, string> = {};
+  for (const i of lock?.inputs ?? []) if (i.id.startsWith(IMAGE_LOCK_PREFIX)) pinned[i.id.slice(IMAGE_LOCK_PREFIX.length)] = `sha256:${i.sha256}`;
+  return pinned;
+}
+
 export interface PulledBundle {
   images: PulledImage[];
   /** Lock entries for every image: its top manifest's digest and size. */
@@ -175,8 +182,7 @@ export async function pullBundleImages(
 ): Promise<PulledBundle> {
   const storeRoot = registryStoreRoot(o.cacheDir);
   const platforms = platformsOf(plan.arches);
-  const pinned: Record<string, string> = {};
-  for (const i of o.lock?.inputs ?? []) if (i.id.startsWith(IMAGE_LOCK_PREFIX)) pinned[i.id.slice(IMAGE_LOCK_PREFIX.length)] = `sha256:${i.sha256}`;
+  const pinned = pinnedImages(o.lock);
   const daemonRefs = plan.images.filter((i) => i.ref.startsWith(dockerDaemonPrefix)).map((i) => i.ref);
   const registryRefs = plan.images.filter((i) => !i.ref.startsWith(dockerDaemonPrefix)).map((i) => i.ref);
   // The daemon first: it is local, so a missing image or a stopped daemon shows before any download.
@@ -241,10 +247,10 @@ export async function cachedMirrorSize(
   bundle: { images: ReadonlyArray<{ ref: string }>; arches: readonly Arch[] },
   o: { spec: ClusterSpec; cacheDir: string; lock?: LockFile; signal: AbortSignal },
 ): Promise<CachedMirrorSize> {
-  const pins = new Map((o.lock?.inputs ?? []).filter((i) => i.id.startsWith(IMAGE_LOCK_PREFIX)).map((i) => [i.id.slice(IMAGE_LOCK_PREFIX.length), i]));
+  const pinned = pinnedImages(o.lock);
   const notCounted = bundle.images.map((i) => i.ref).filter((r) => r.startsWith(dockerDaemonPrefix));
   const refs = bundle.images.map((i) => i.ref).filter((r) => !r.startsWith(dockerDaemonPrefix));
-  const unpinned = refs.filter((r) => !pins.has(r));
+  const unpinned = refs.filter((r) => !pinned[r]);
   if (unpinned.length > 0) {
     return { unknown: `${unpinned.length} of ${refs.length} images are not pinned in bramble.lock yet (first: ${unpinned[0]}); \`bramble fetch\` pulls and pins them` };
   }
@@ -255,7 +261,7 @@ export async function cachedMirrorSize(
       storeRoot: registryStoreRoot(o.cacheDir),
       registries: o.spec.sources.registries,
       credentials: {},
-      pinned: Object.fromEntries(refs.map((r) => [r, `sha256:${pins.get(r)!.sha256}`])),
+      pinned,
       offline: true,
       signal: o.signal,
       events: () => {},
