@@ -2,7 +2,7 @@
 // every layer against its digest while writing it under its title, then run the same checks as
 // `bramble verify` on the result. Everything is written into a temp directory beside DIR and renamed
 // into place only once verified, so a failed pull leaves nothing behind.
-import { createHash } from 'node:crypto';
+import { sha256Digest } from '../images/registry/store.ts';
 import { createWriteStream } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -44,7 +44,7 @@ export async function pullRelease(url: string, o: PullOptions): Promise<VerifyRe
   }
   if (!res.ok) throw new HostError(`${url}: manifest: ${await registryErrorText(res)}`, { hint: 'check the reference and the credentials' });
   const bytes = Buffer.from(await res.arrayBuffer());
-  const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  const digest = sha256Digest(bytes);
   const served = res.headers.get('docker-content-digest');
   if (served && served !== digest) throw new VerificationError(`${url} manifest`, served, digest);
   let manifest: OciManifest;

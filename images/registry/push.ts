@@ -4,14 +4,14 @@
 // PUT ?digest= with no body), and the manifest last, so a tag never names missing blobs. Requests go
 // through the shared RegistryClient (auth challenges, redirects, retries); chunk bodies are opened
 // per attempt, so a retried request sends the same bytes again.
-import { createHash } from 'node:crypto';
+import { sha256Digest } from './store.ts';
 import { createReadStream } from 'node:fs';
 import { HostError, VerificationError } from '../../builders/errors.ts';
 import { registryErrorText, type RegistryClient } from './client.ts';
 import type { Descriptor, Digest } from './types.ts';
 
 /** Blobs up to this size go up in one PUT; larger ones in chunks of this size. */
-export const DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024;
+const DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024;
 
 export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
@@ -34,8 +34,6 @@ export interface BlobSource {
 export interface PushOptions {
   /** Blobs larger than this go up in chunks of this size. */
   chunkSize?: number;
-  /** Called after each blob: `uploaded` false when the registry already had it. */
-  onBlob?: (blob: BlobSource, uploaded: boolean) => void;
 }
 
 const scopeOf = (repository: string) => `repository:${repository}:pull,push`;
@@ -45,7 +43,7 @@ async function fail(what: string, res: Response): Promise<never> {
 }
 
 /** True when the repository already holds the blob. */
-export async function hasBlob(client: RegistryClient, repository: string, digest: Digest): Promise<boolean> {
+async function hasBlob(client: RegistryClient, repository: string, digest: Digest): Promise<boolean> {
   const res = await client.request({ method: 'HEAD', path: `/v2/${repository}/blobs/${digest}`, scope: scopeOf(repository) });
   await res.body?.cancel();
   if (res.status === 200) return true;
@@ -124,7 +122,8 @@ export async function pushBlob(client: RegistryClient, repository: string, blob:
 }
 
 /** PUT a manifest under `reference` (a tag); returns the digest the registry stored it under. */
-export async function pushManifest(client: RegistryClient, repository: string, reference: string, bytes: Uint8Array, mediaType = OCI_MANIFEST): Promise<Descriptor> {
+export async function pushManifest(client: RegistryClient, repository: string, reference: string, bytes: Uint8Array): Promise<Descriptor> {
+  const mediaType = OCI_MANIFEST;
   const res = await client.request({
     method: 'PUT',
     path: `/v2/${repository}/manifests/${reference}`,
@@ -134,7 +133,7 @@ export async function pushManifest(client: RegistryClient, repository: string, r
   });
   if (res.status !== 201) return fail(`push manifest ${repository}:${reference}`, res);
   await res.body?.cancel();
-  const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  const digest = sha256Digest(bytes);
   const stored = res.headers.get('docker-content-digest');
   if (stored && stored !== digest) throw new VerificationError(`${client.origin}/${repository}:${reference} manifest`, digest, stored);
   return { mediaType, digest, size: bytes.length };
