@@ -28,7 +28,6 @@ import {
 } from '../images/registry/distribution-tree.ts';
 import { ociArchiveContent, ociArchiveSize, writeOciArchive } from '../images/registry/oci-archive.ts';
 import { loadRegistryCredentials } from '../images/registry/auth.ts';
-import { exportFromDockerDaemon } from '../images/registry/docker-daemon.ts';
 import { pullImages } from '../images/registry/pull.ts';
 import { formatImageRef, parseImageRef } from '../images/registry/reference.ts';
 import { formatPlatform, parsePlatform, platformMatch, type Platform } from '../images/registry/platform.ts';
@@ -129,7 +128,9 @@ const DAEMON_IMAGE_VERIFIED_WITH = 'sha256:manifest-bytes+docker-daemon:image-id
 export type DockerDaemonSource = (ref: string, o: StageContext & { storeRoot: string; platforms: readonly string[] }) => Promise<PulledImage>;
 
 /** The Docker daemon at DOCKER_HOST (else /var/run/docker.sock), through dockerode. */
-const localDockerDaemon: DockerDaemonSource = (ref, o) => exportFromDockerDaemon(ref, { storeRoot: o.storeRoot, platforms: o.platforms, signal: o.signal });
+// Loaded on demand: only `docker-daemon:` entries need dockerode, and every command imports this module.
+const localDockerDaemon: DockerDaemonSource = async (ref, o) =>
+  (await import('../images/registry/docker-daemon.ts')).exportFromDockerDaemon(ref, { storeRoot: o.storeRoot, platforms: o.platforms, signal: o.signal });
 
 /**
  * The warning for a `docker-daemon:` image that some nodes cannot run, or undefined when every node's

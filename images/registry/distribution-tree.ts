@@ -10,11 +10,10 @@
 // `registry.k8s.io/pause`, what containerd asks for with a per-upstream hosts.toml whose server is
 // `http://<mirror>/v2/registry.k8s.io` (§6.2, design note (a)).
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { constants, copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { InputError } from '../../builders/errors.ts';
+import { sha256File } from '../../builders/output.ts';
 import { blobPath, type Descriptor, type Digest, type ImageName, type PulledImage } from './types.ts';
 
 /** distribution's storagePathRoot + storagePathVersion under the filesystem driver's rootdirectory (paths.go). */
@@ -140,7 +139,7 @@ export async function placeTreeFile(file: TreeFile, dest: string, storeRoot: str
   const [src, old] = await Promise.all([stat(source), stat(dest).catch(() => undefined)]);
   if (src.size !== file.blob.size) throw new Error(`blob store ${source}: ${src.size} bytes, the manifest says ${file.blob.size}`);
   if (old && old.ino === src.ino && old.dev === src.dev) return 'unchanged';
-  if (old && old.size === file.blob.size && `sha256:${await sha256Of(dest, signal)}` === file.blob.digest) return 'unchanged';
+  if (old && old.size === file.blob.size && `sha256:${await sha256File(dest, signal)}` === file.blob.digest) return 'unchanged';
   await mkdir(dirname(dest), { recursive: true });
   await rm(tmp, { force: true });
   let how: PlacedHow = 'hardlink';
@@ -154,12 +153,6 @@ export async function placeTreeFile(file: TreeFile, dest: string, storeRoot: str
   }
   await rename(tmp, dest);
   return how;
-}
-
-async function sha256Of(path: string, signal?: AbortSignal): Promise<string> {
-  const h = createHash('sha256');
-  await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), h, { signal });
-  return h.digest('hex');
 }
 
 /** Write a whole tree under `rootDir` (the registry's rootdirectory); returns how many files were placed how. */

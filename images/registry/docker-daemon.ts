@@ -21,15 +21,17 @@
 // `docker.io/library/myapp:1.0`, `registry.example.com/team/app` → `registry.example.com/team/app:latest`),
 // which is what containerd resolves the same name in a pod spec to, so pods that name it pull it
 // from the mirror.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import Dockerode from 'dockerode';
 import { extract as tarExtract } from 'tar-stream';
 import { BrambleError, HostError, InputError, InterruptedError, VerificationError } from '../../builders/errors.ts';
+import { dockerDaemonPrefix } from '../../builders/load/values.ts';
+import { hashingPassThrough } from '../hashing-stream.ts';
 import { checkLayer, unsafeTarPath } from './layer-check.ts';
 import { configPlatform, MANIFEST_MAX_BYTES, MediaType, parseManifest } from './manifest.ts';
 import { formatPlatform, normalisePlatform, parsePlatform, platformMatch, type Platform } from './platform.ts';
@@ -37,8 +39,6 @@ import { formatImageRef, parseImageRef } from './reference.ts';
 import { BlobStore, sha256Digest } from './store.ts';
 import type { Descriptor, Digest, ImageName, PulledImage, PulledPlatform } from './types.ts';
 
-/** The `registry.extra_images` prefix that names an image of the local Docker daemon. */
-export const DOCKER_DAEMON_PREFIX = 'docker-daemon:';
 /** Where the Docker daemon listens when DOCKER_HOST is not set (dockerd's default). */
 export const DEFAULT_DOCKER_SOCKET = '/var/run/docker.sock';
 
@@ -74,10 +74,10 @@ export interface DockerDaemonRef {
 
 /** Parse `docker-daemon:NAME[:TAG]` (or NAME[:TAG] alone); a digest cannot be exported by name. */
 export function parseDockerDaemonRef(entry: string): DockerDaemonRef {
-  const given = entry.startsWith(DOCKER_DAEMON_PREFIX) ? entry.slice(DOCKER_DAEMON_PREFIX.length) : entry;
+  const given = entry.startsWith(dockerDaemonPrefix) ? entry.slice(dockerDaemonPrefix.length) : entry;
   const name = parseImageRef(given);
   if (name.digest) {
-    throw new InputError(`"${entry}" names a digest; the Docker daemon exports images by name`, { hint: `write ${DOCKER_DAEMON_PREFIX}NAME:TAG, e.g. ${DOCKER_DAEMON_PREFIX}myapp:1.0` });
+    throw new InputError(`"${entry}" names a digest; the Docker daemon exports images by name`, { hint: `write ${dockerDaemonPrefix}NAME:TAG, e.g. ${dockerDaemonPrefix}myapp:1.0` });
   }
   const tag = name.tag ?? 'latest';
   const daemonName = /:[^/]+$/.test(given) ? given : `${given}:${tag}`;
@@ -107,7 +107,7 @@ function daemonError(e: unknown, what: string, address: string, daemonName: stri
   if (e instanceof BrambleError) throw e;
   const err = e as { code?: string; statusCode?: number; json?: { message?: string }; message?: string };
   if (err.statusCode === 404) {
-    throw new InputError(`${DOCKER_DAEMON_PREFIX}${daemonName}: the Docker daemon at ${address} has no image ${daemonName}`, {
+    throw new InputError(`${dockerDaemonPrefix}${daemonName}: the Docker daemon at ${address} has no image ${daemonName}`, {
       hint: `build or tag it there first (docker build -t ${daemonName} .), or correct the name in registry.extra_images`,
     });
   }
@@ -136,17 +136,6 @@ export interface DaemonImage {
 /** A file of the `docker save` archive, on disk with its digest, or a link to another entry. */
 type ArchiveEntry = { kind: 'file'; path: string; digest: Digest; size: number } | { kind: 'link'; target: string };
 
-/** Hashes the bytes that pass through, for a file written from a tar entry. */
-class Sha256Counter extends Transform {
-  readonly hash = createHash('sha256');
-  size = 0;
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: (e?: Error | null, data?: Buffer) => void): void {
-    this.hash.update(chunk);
-    this.size += chunk.length;
-    done(null, chunk);
-  }
-}
-
 /**
  * Export `entry` (`docker-daemon:NAME[:TAG]`) from the Docker daemon into the blob store, verified,
  * and describe it as a PulledImage named by the normalised NAME:TAG.
@@ -156,7 +145,7 @@ export async function exportFromDockerDaemon(entry: string, o: DockerDaemonOptio
   const dockerOptions = o.docker ?? dockerOptionsFromEnv();
   const address = daemonAddress(dockerOptions);
   const image = new Dockerode(dockerOptions).getImage(parsed.daemonName);
-  const subject = `${DOCKER_DAEMON_PREFIX}${parsed.daemonName}`;
+  const subject = `${dockerDaemonPrefix}${parsed.daemonName}`;
 
   let daemon: DaemonImage;
   try {
@@ -192,7 +181,7 @@ export interface StoreSavedImageOptions {
  * only then anything renamed into the store, so a refused image leaves nothing behind.
  */
 export async function storeSavedImage(stream: Readable, o: StoreSavedImageOptions): Promise<PulledImage> {
-  const subject = `${DOCKER_DAEMON_PREFIX}${o.ref.daemonName}`;
+  const subject = `${dockerDaemonPrefix}${o.ref.daemonName}`;
   const wanted = o.platforms.map(parsePlatform);
   const store = new BlobStore(o.storeRoot);
   await mkdir(join(o.storeRoot, 'tmp'), { recursive: true });
@@ -293,9 +282,10 @@ async function unpackArchive(stream: Readable, dir: string, subject: string, sig
       }
       if (entry.header.type === 'file' || entry.header.type === 'contiguous-file') {
         const path = join(dir, `entry-${n++}`);
-        const counter = new Sha256Counter();
-        await pipeline(entry, counter, createWriteStream(path, { mode: 0o644 }), { signal });
-        files.set(name, { kind: 'file', path, digest: `sha256:${counter.hash.digest('hex')}`, size: counter.size });
+        const hashed = hashingPassThrough();
+        await pipeline(entry, hashed.stream, createWriteStream(path, { mode: 0o644 }), { signal });
+        const { size, sha256 } = hashed.result();
+        files.set(name, { kind: 'file', path, digest: `sha256:${sha256}`, size });
       } else if (entry.header.type === 'symlink' || entry.header.type === 'link') {
         const linkname = entry.header.linkname ?? '';
         const target = entry.header.type === 'symlink' ? posix.normalize(posix.join(posix.dirname(name), linkname)) : posix.normalize(linkname);
@@ -397,7 +387,7 @@ async function configOf(archive: SavedArchive, subject: string, config: Descript
 
 /** Docker >= 25: the manifest (or index) index.json names for this image, as Docker wrote it. */
 async function fromOciLayout(archive: SavedArchive, ref: DockerDaemonRef, wanted: readonly Platform[]): Promise<FoundImage> {
-  const subject = `${DOCKER_DAEMON_PREFIX}${ref.daemonName}`;
+  const subject = `${dockerDaemonPrefix}${ref.daemonName}`;
   const index = (await archive.json('index.json')).doc as { manifests?: Array<Descriptor & { annotations?: Record<string, string> }> };
   const candidates = index.manifests ?? [];
   const names = new Set([ref.ref, ref.daemonName, ref.name.tag]);
@@ -455,7 +445,7 @@ async function fromOciLayout(archive: SavedArchive, ref: DockerDaemonRef, wanted
  * tars in diff_id order. bramble writes the schema 2 manifest for them.
  */
 async function fromLegacyLayout(archive: SavedArchive, ref: DockerDaemonRef): Promise<FoundImage> {
-  const subject = `${DOCKER_DAEMON_PREFIX}${ref.daemonName}`;
+  const subject = `${dockerDaemonPrefix}${ref.daemonName}`;
   if (!archive.has('manifest.json')) {
     throw new VerificationError(`${subject}: the docker save archive`, 'manifest.json or an OCI layout (index.json)', 'neither');
   }
