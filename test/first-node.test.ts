@@ -20,6 +20,7 @@ import { FIREWALL_RULES_PATH } from '../overlays/first-node/firewall.ts';
 import { DNSMASQ_UNIT, FIREWALL_UNIT, firstNodeImages, PXE_HTTP_UNIT } from '../overlays/first-node/services.ts';
 import { controlPlaneEndpoint } from '../overlays/kubernetes/kubeadm.ts';
 import { importUnit, registryConfigYml, registryUnit, IMPORT_UNIT, REGISTRY_UNIT } from '../overlays/registry/mirror.ts';
+import { NetworkNamespace } from './helpers/netns.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 const skipRoot = process.getuid?.() === 0 ? undefined : 'needs root: it loads the ruleset into a network namespace';
@@ -187,13 +188,14 @@ describe('firewall', () => {
         assert.deepEqual(servedPorts(spec, n).map((x) => `${x.protocol} ${typeof x.port === 'number' ? x.port : x.port.join('-')}`).sort(), expected);
         if (skipRoot) return t.skip(skipRoot);
 
-        const ns = `bramble-fw-${process.pid}-${randomBytes(3).toString('hex')}-${name}`;
-        await run('ip', ['netns', 'add', ns]);
-        t.after(() => run('ip', ['netns', 'del', ns]).catch(() => undefined));
-        await run('ip', ['netns', 'exec', ns, 'nft', '-f', file]);
+        const created = await NetworkNamespace.create(`bramble-fw-${process.pid}-${randomBytes(3).toString('hex')}-${name}`);
+        if (typeof created === 'string') return t.skip(created);
+        const ns = created;
+        t.after(() => ns.destroy());
+        await ns.exec(['nft', '-f', file]);
         // Loading twice must work (ExecReload): the file replaces its own table.
-        await run('ip', ['netns', 'exec', ns, 'nft', '-f', file]);
-        const listed = JSON.parse((await run('ip', ['netns', 'exec', ns, 'nft', '-j', 'list', 'ruleset'])).stdout) as { nftables: Array<Record<string, any>> };
+        await ns.exec(['nft', '-f', file]);
+        const listed = JSON.parse((await ns.exec(['nft', '-j', 'list', 'ruleset'])).stdout) as { nftables: Array<Record<string, any>> };
         const chains = listed.nftables.filter((o) => o.chain).map((o) => o.chain);
         assert.deepEqual(chains.map((c) => `${c.family} ${c.table} ${c.name} ${c.hook} ${c.policy}`), ['inet bramble input input drop']);
         const open: string[] = [];

@@ -8,23 +8,20 @@
 // Only tftp-root and interface are adapted; every other line is the generated one.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { requireTool, run } from '../builders/exec.ts';
 import { layout, macHyphen } from '../builders/layout.ts';
 import type { Manifest } from '../builders/output.ts';
 import { getFixture } from './helpers/fixture.ts';
 import { buildPxeWithCli, explainCli, pxeRoot, writePxeCluster, type PxeTestCluster, type PxeTestNode } from './helpers/pxe-cluster.ts';
+import { BOOT_TIMEOUT_MS, skipBoot } from './helpers/boot.ts';
+import { NetworkNamespace, waitFor } from './helpers/netns.ts';
 import { watchUntilDone } from './helpers/qemu.ts';
 
-const skipBoot = process.env.BRAMBLE_SKIP_BOOT === '1' ? 'BRAMBLE_SKIP_BOOT=1' : undefined;
 const skipRoot = process.getuid?.() === 0 ? undefined : 'needs root: it creates a network namespace and a tap device';
-/** Generous: TCG on a loaded 2-core machine; a netboot normally takes 15-45 s. */
-const BOOT_TIMEOUT_MS = 10 * 60_000;
 /** How long a freshly started server may take to answer before the test gives up on it. */
 const SERVER_START_MS = 60_000;
 // pid plus a random part: a namespace left by a killed run cannot collide with a later process of the same pid.
@@ -105,46 +102,9 @@ function adaptDnsmasqConf(text: string, o: { tftpRoot: string; iface: string }):
   return lines.join('\n');
 }
 
-/** A process started inside the namespace, with its combined output. */
-interface Started {
-  child: ChildProcess;
-  output: () => string;
-}
-const started = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const c of started) c.kill('SIGKILL');
-});
-
-function startInNamespace(argv: string[]): Started {
-  const child = spawn(requireTool('ip'), ['netns', 'exec', NS, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
-  started.add(child);
-  child.on('exit', () => started.delete(child));
-  let out = '';
-  child.stdout!.setEncoding('latin1').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('latin1').on('data', (d: string) => (out += d));
-  return { child, output: () => out };
-}
-
-async function stop(child: ChildProcess) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((ok) => child.once('exit', ok));
-  child.kill('SIGKILL');
-  await exited;
-}
-
-/** Wait until `ready()` holds, polling; fails with `what` when the process exits or SERVER_START_MS pass. */
-async function waitFor(what: string, p: Started, ready: () => boolean | Promise<boolean>) {
-  const deadline = Date.now() + SERVER_START_MS;
-  while (!(await ready())) {
-    assert.ok(p.child.exitCode === null, `${what} exited:\n${p.output()}`);
-    assert.ok(Date.now() < deadline, `${what} not ready after ${SERVER_START_MS} ms:\n${p.output()}`);
-    await sleep(200);
-  }
-}
-
 /** qemu (SeaBIOS, its iPXE ROM) on the namespace's tap, until the fixture initramfs says it is done. */
-async function netbootOnTap(mac: string) {
-  const qemu = startInNamespace([
+async function netbootOnTap(ns: NetworkNamespace, mac: string) {
+  const qemu = ns.start([
     requireTool('qemu-system-x86_64'),
     ...['-accel', 'tcg', '-m', '768', '-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-no-reboot', '-nodefaults', '-vga', 'none'],
     // SeaBIOS (and the iPXE ROM through it) print to the serial port only without a display.
@@ -156,21 +116,15 @@ async function netbootOnTap(mac: string) {
 
 test('boot: a netboot through real dnsmasq (DHCP + TFTP) in a network namespace reaches the node script and boots its config', { timeout: BOOT_TIMEOUT_MS + 3 * SERVER_START_MS }, async (t) => {
   if (skipBoot || skipRoot) return t.skip(skipBoot ?? skipRoot);
-  const ip = (...args: string[]) => run('ip', args);
-  const created = await run('ip', ['netns', 'add', NS], { okCodes: [1, 2] });
-  if (created.exitCode !== 0 && /Operation not permitted/.test(created.stderr)) return t.skip(`ip netns add: ${created.stderr.trim()}`);
-  assert.equal(created.exitCode, 0, created.stderr);
-  t.after(async () => {
-    // qemu, dnsmasq and httpd: everything this test started in the namespace.
-    for (const child of [...started]) await stop(child);
-    await run('ip', ['-n', NS, 'link', 'del', TAP], { okCodes: [1, 2] }).catch(() => undefined);
-    await run('ip', ['netns', 'del', NS], { okCodes: [1, 2] }).catch(() => undefined);
-  });
+  const created = await NetworkNamespace.create(NS);
+  if (typeof created === 'string') return t.skip(created);
+  const ns = created;
+  // qemu, dnsmasq and httpd: everything this test started in the namespace, then the namespace.
+  t.after(() => ns.destroy());
   const prefix = CLUSTER.nodeCidr.split('/')[1];
-  await ip('-n', NS, 'link', 'set', 'lo', 'up');
-  await ip('-n', NS, 'tuntap', 'add', 'dev', TAP, 'mode', 'tap');
-  await ip('-n', NS, 'addr', 'add', `${CLUSTER.controlPlaneIp}/${prefix}`, 'dev', TAP);
-  await ip('-n', NS, 'link', 'set', TAP, 'up');
+  await ns.ip('tuntap', 'add', 'dev', TAP, 'mode', 'tap');
+  await ns.ip('addr', 'add', `${CLUSTER.controlPlaneIp}/${prefix}`, 'dev', TAP);
+  await ns.ip('link', 'set', TAP, 'up');
 
   const generated = await readFile(join(clusterDir, layout.dnsmasqConf), 'utf8');
   const adapted = adaptDnsmasqConf(generated, { tftpRoot: tree, iface: TAP });
@@ -178,7 +132,7 @@ test('boot: a netboot through real dnsmasq (DHCP + TFTP) in a network namespace 
   assert.deepEqual(changed, [`tftp-root=${tree}`, `interface=${TAP}`], 'only the two paths differ');
   const conf = join(tmp, 'dnsmasq.conf');
   await writeFile(conf, adapted);
-  const dnsmasq = startInNamespace([
+  const dnsmasq = ns.start([
     requireTool('dnsmasq'),
     '--keep-in-foreground',
     `--conf-file=${conf}`,
@@ -186,24 +140,24 @@ test('boot: a netboot through real dnsmasq (DHCP + TFTP) in a network namespace 
     `--dhcp-leasefile=${join(tmp, 'dnsmasq.leases')}`,
     `--pid-file=${join(tmp, 'dnsmasq.pid')}`,
   ]);
-  await waitFor('dnsmasq', dnsmasq, () => /TFTP root is /.test(dnsmasq.output()));
-  const httpd = startInNamespace([requireTool('busybox'), 'httpd', '-f', '-vv', '-p', `${CLUSTER.controlPlaneIp}:8080`, '-h', tree]);
+  await waitFor('dnsmasq', dnsmasq, () => /TFTP root is /.test(dnsmasq.output()), SERVER_START_MS);
+  const httpd = ns.start([requireTool('busybox'), 'httpd', '-f', '-vv', '-p', `${CLUSTER.controlPlaneIp}:8080`, '-h', tree]);
   const probe = join(tmp, 'probe');
   await waitFor('busybox httpd', httpd, async () => {
-    const r = await run('ip', ['netns', 'exec', NS, requireTool('busybox'), 'wget', '-q', '-O', probe, `http://${CLUSTER.controlPlaneIp}:8080/boot.ipxe`], { okCodes: [1] });
+    const r = await ns.exec([requireTool('busybox'), 'wget', '-q', '-O', probe, `http://${CLUSTER.controlPlaneIp}:8080/boot.ipxe`], { okCodes: [1] });
     return r.exitCode === 0;
-  });
+  }, SERVER_START_MS);
   assert.equal(await readFile(probe, 'utf8'), await readFile(join(tree, 'boot.ipxe'), 'utf8'));
 
   // dnsmasq's TFTP serves the iPXE binaries dnsmasq.conf sends firmware PXE clients.
   for (const file of options(generated, 'dhcp-boot').filter((v) => /^tag:!ipxe,tag:(bios|efi64),/.test(v)).map((v) => v.split(',').pop()!)) {
     const got = join(tmp, 'tftp-got');
-    await run('ip', ['netns', 'exec', NS, requireTool('busybox'), 'tftp', '-g', '-r', file, '-l', got, CLUSTER.controlPlaneIp]);
+    await ns.exec([requireTool('busybox'), 'tftp', '-g', '-r', file, '-l', got, CLUSTER.controlPlaneIp]);
     assert.equal(sha256(await readFile(got)), sha256(await readFile(join(tree, file))), `TFTP ${file}`);
   }
 
   const lease = options(generated, 'dhcp-host').find((v) => v.startsWith(`${w1.mac},`))!.split(',')[1]!;
-  const r = await netbootOnTap(w1.mac);
+  const r = await netbootOnTap(ns, w1.mac);
   const explain = `timedOut=${r.timedOut}\n--- serial (last 3000) ---\n${r.serial.slice(-3000)}\n--- dnsmasq ---\n${dnsmasq.output().slice(-3000)}\n--- httpd ---\n${httpd.output().slice(-2000)}`;
   assert.match(dnsmasq.output(), new RegExp(`DHCPACK\\(${TAP}\\) ${lease.replaceAll('.', '\\.')} ${w1.mac} ${w1.name}`), explain);
   assert.match(r.serial, new RegExp(`net0: ${lease.replaceAll('.', '\\.')}/255\\.255\\.255\\.0`), `the static lease\n${explain}`);
