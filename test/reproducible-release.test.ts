@@ -11,8 +11,7 @@ import { join } from 'node:path';
 import { run } from '../builders/exec.ts';
 import { sha256File } from '../builders/output.ts';
 import { compressFile } from '../images/compress.ts';
-import { brambleBin, buildWithCli, explainCli, runBramble, warmBuildCache, writeTestCluster } from './helpers/build.ts';
-import { getFixture } from './helpers/fixture.ts';
+import { brambleBin, explainCli, runBramble } from './helpers/build.ts';
 import { buildReleaseCluster, makeGpgKey, type BuiltCluster, type GpgKey } from './helpers/release.ts';
 
 let tmp: string;
@@ -27,11 +26,8 @@ before(async () => {
   const outB = join(tmp, 'a', 'out-b');
   await mkdir(join(outB, 'repro'), { recursive: true });
   await run('cp', ['-a', join(first.clusterDir, 'pki'), join(outB, 'repro', 'pki')]);
-  const f = await getFixture();
-  const files = await writeTestCluster(join(tmp, 'a'), f, { name: 'repro', nodeCidr: '10.77.0.0/24', nodes: [{ name: 'cp-1', hardware: 'pc' }] });
-  const r = await buildWithCli(files, { outDir: outB, cacheDir: warmBuildCache(), lockPath: first.lock, targets: ['pc'] });
-  assert.equal(r.code, 0, explainCli(r));
-  secondDir = join(outB, 'repro');
+  // The same config, lock (dir/bramble.lock) and cache as the first build.
+  secondDir = (await buildReleaseCluster(join(tmp, 'a'), 'repro', outB)).clusterDir;
 });
 after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
