@@ -7,7 +7,7 @@ import { dirname } from 'node:path';
 import { writeBmap } from '../images/bmap.ts';
 import { buildBtrfsImage, writePartition } from '../images/btrfs.ts';
 import { fatDataRanges, writeFatFiles } from '../images/fat.ts';
-import { ext4DataRanges, ext4Space, growExt4, writeExt4Files, type Ext4Entry } from '../images/ext4.ts';
+import { ext4DataRanges, ext4Shortfall, growExt4, writeExt4Files, type Ext4Entry } from '../images/ext4.ts';
 import { InputError } from './errors.ts';
 import { findPartition, growImage, partitionBytes, PartitionType, readGpt } from '../images/gpt.ts';
 import { derivedUuid } from '../images/guid.ts';
@@ -27,14 +27,9 @@ export const OEM_GRUB_CFG = 'grub.cfg';
  * so that is the fix.
  */
 async function checkRootSpace(image: string, offset: number, entries: readonly Ext4Entry[], node: string, signal: AbortSignal): Promise<void> {
-  const space = await ext4Space(image, { offset }, { signal });
-  let blocks = 0;
-  for (const e of entries) {
-    const bytes = e.type === 'file' ? (e.source !== undefined ? (await stat(e.source)).size : Buffer.byteLength(e.data ?? '')) : 0;
-    // Data blocks, plus one for a directory or an extent block per 128 MiB of file (a generous bound on fragmentation).
-    blocks += Math.ceil(bytes / space.blockSize) + 1 + Math.ceil(bytes / (128 << 20));
-  }
-  if (blocks > space.freeBlocks || entries.length > space.freeInodes) {
+  const short = await ext4Shortfall(image, { offset }, entries, { signal });
+  if (short) {
+    const { space, blocks } = short;
     const mib = (b: number) => Math.ceil((b * space.blockSize) / 1048576);
     const enough = Math.ceil(((await stat(image)).size + (blocks - space.freeBlocks) * space.blockSize) / 2 ** 30) + 1;
     throw new InputError(`node "${node}": its ROOT partition has ${mib(space.freeBlocks)} MiB free, the files bramble puts there need ${mib(blocks)} MiB`, {

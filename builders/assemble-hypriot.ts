@@ -3,10 +3,10 @@
 // Kubernetes binaries written into the ext4 root partition by debugfs (no mount, no root). The MBR,
 // its disk signature (PARTUUIDs in cmdline.txt) and every byte outside those two partitions stay as
 // they were.
-import { rm, stat } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { writeBmap } from '../images/bmap.ts';
 import { fatDataRanges, writeFatFiles } from '../images/fat.ts';
-import { ext4DataRanges, ext4Space, writeExt4Files, type Ext4Entry, type Ext4Location } from '../images/ext4.ts';
+import { ext4DataRanges, ext4Shortfall, writeExt4Files, type Ext4Entry, type Ext4Location } from '../images/ext4.ts';
 import { MBR_FAT_TYPES, MBR_LINUX_TYPE, mbrPartitionBytes, readMbr } from '../images/mbr.ts';
 import { copySparse, mergeRanges, type ByteRange } from '../images/sparse.ts';
 import type { RenderedNode } from './build.ts';
@@ -44,14 +44,9 @@ export function replaceRanges(base: readonly ByteRange[], start: number, end: nu
  * partition only on first boot, so the image as released must hold them.
  */
 async function checkRootSpace(image: string, at: Ext4Location, entries: readonly Ext4Entry[], o: { node: string; image: string; signal: AbortSignal }): Promise<void> {
-  const space = await ext4Space(image, at, { signal: o.signal });
-  let blocks = 0;
-  for (const e of entries) {
-    const bytes = e.type === 'file' ? (e.source !== undefined ? (await stat(e.source)).size : Buffer.byteLength(e.data ?? '')) : 0;
-    // Data blocks, plus one for a directory or an extent block per 128 MiB of file (a generous bound on fragmentation).
-    blocks += Math.ceil(bytes / space.blockSize) + 1 + Math.ceil(bytes / (128 << 20));
-  }
-  if (blocks > space.freeBlocks || entries.length > space.freeInodes) {
+  const short = await ext4Shortfall(image, at, entries, { signal: o.signal });
+  if (short) {
+    const { space, blocks } = short;
     const mib = (b: number) => `${((b * space.blockSize) / 1048576).toFixed(1)} MiB`;
     throw new InputError(`node "${o.node}": the root filesystem of ${o.image} has ${mib(space.freeBlocks)} free, the files bramble adds need ${mib(blocks)}`, {
       hint: 'bramble does not grow HypriotOS images: point sources.hypriot at an image whose root filesystem has that much room, or use os.base = "flatcar"',

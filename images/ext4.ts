@@ -340,3 +340,18 @@ export async function ext4Space(image: string, at: Ext4Location, opts: { signal?
   };
   return { blockSize: field('Block size'), freeBlocks: field('Free blocks'), freeInodes: field('Free inodes') };
 }
+
+/**
+ * Whether `entries` fit the ext4 filesystem at `at`: undefined when they do, else its free space and
+ * the blocks they need (data blocks, plus one per entry for a directory or inode, plus an extent block
+ * per 128 MiB of file: a generous bound on fragmentation). Callers word the refusal.
+ */
+export async function ext4Shortfall(image: string, at: Ext4Location, entries: readonly Ext4Entry[], opts: { signal?: AbortSignal } = {}): Promise<{ space: Ext4Space; blocks: number } | undefined> {
+  const space = await ext4Space(image, at, opts);
+  let blocks = 0;
+  for (const e of entries) {
+    const bytes = e.type === 'file' ? (e.source !== undefined ? (await stat(e.source)).size : Buffer.byteLength(e.data ?? '')) : 0;
+    blocks += Math.ceil(bytes / space.blockSize) + 1 + Math.ceil(bytes / (128 << 20));
+  }
+  return blocks > space.freeBlocks || entries.length > space.freeInodes ? { space, blocks } : undefined;
+}
