@@ -6,15 +6,13 @@
 // against manifest.json's artefacts and every artefact's bytes, and no file the manifest does not list.
 // Every problem is collected and reported together, naming the file (exit 3).
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { lstat, readdir, readFile } from 'node:fs/promises';
+import { lstat, readdir, readFile, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import type * as openpgp from 'openpgp';
 import { BrambleError, ExitCode, InputError } from './errors.ts';
 import type { EventSink } from './events.ts';
 import { layout } from './layout.ts';
-import type { Manifest } from './output.ts';
+import { sha256File, type Manifest } from './output.ts';
 import { expectedReleaseNames, parseChecksums, RELEASE_FORMAT, releaseNames, type ReleaseManifest } from './publish-format.ts';
 import { readPublicKeys, verifyDetached } from './publish-sign.ts';
 
@@ -51,20 +49,13 @@ export interface VerifyReport {
   keySource?: 'given' | 'release';
 }
 
-async function sha256Of(path: string, signal: AbortSignal): Promise<{ sha256: string; size: number }> {
-  const h = createHash('sha256');
-  let size = 0;
-  await pipeline(
-    createReadStream(path, { highWaterMark: 4 << 20 }),
-    async function* (source: AsyncIterable<Buffer>) {
-      for await (const chunk of source) {
-        h.update(chunk);
-        size += chunk.length;
-      }
-    },
-    { signal },
-  );
-  return { sha256: h.digest('hex'), size };
+/** One file against its listed size and sha256 (one of the wrong size is not hashed): the problem, or undefined. */
+async function checkFile(dir: string, rel: string, want: { size: number; sha256: string }, signal: AbortSignal): Promise<string | undefined> {
+  const path = join(dir, rel);
+  const size = (await stat(path)).size;
+  if (size !== want.size) return `${rel}: ${size} bytes, expected ${want.size}`;
+  const sha256 = await sha256File(path, signal);
+  return sha256 === want.sha256 ? undefined : `${rel}: sha256 ${sha256}, expected ${want.sha256}`;
 }
 
 /** Every entry under `dir` as a relative path; directories are walked, anything not a regular file is listed as such. */
@@ -181,9 +172,8 @@ async function verifyRelease(dir: string, manifestBytes: Buffer, m: ReleaseManif
     if (!present.has(f.name)) continue;
     if (o.signal.aborted) throw o.signal.reason;
     o.events({ kind: 'progress', stage: 'verify', what: f.name, done: report.files, total: m.files.length, unit: 'items' });
-    const actual = await sha256Of(join(dir, f.name), o.signal);
-    if (actual.size !== f.size) problems.push(`${f.name}: ${actual.size} bytes, expected ${f.size}`);
-    else if (actual.sha256 !== f.sha256) problems.push(`${f.name}: sha256 ${actual.sha256}, expected ${f.sha256}`);
+    const problem = await checkFile(dir, f.name, f, o.signal);
+    if (problem) problems.push(problem);
     report.files++;
   }
   if (problems.length > 0) throw new ReleaseMismatchError(dir, problems);
@@ -216,9 +206,8 @@ async function verifyBuild(dir: string, m: Manifest, o: VerifyOptions): Promise<
     }
     if (o.signal.aborted) throw o.signal.reason;
     o.events({ kind: 'progress', stage: 'verify', what: a.path, done: report.files, total: m.artefacts.length, unit: 'items' });
-    const actual = await sha256Of(join(dir, a.path), o.signal);
-    if (actual.size !== a.size) problems.push(`${a.path}: ${actual.size} bytes, expected ${a.size}`);
-    else if (actual.sha256 !== a.sha256) problems.push(`${a.path}: sha256 ${actual.sha256}, expected ${a.sha256}`);
+    const problem = await checkFile(dir, a.path, a, o.signal);
+    if (problem) problems.push(problem);
     report.files++;
   }
   if (problems.length > 0) throw new ReleaseMismatchError(dir, problems);
