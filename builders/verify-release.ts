@@ -49,6 +49,28 @@ export interface VerifyReport {
   keySource?: 'given' | 'release';
 }
 
+/**
+ * Check each listed file that is present (`missing` hears of the others), counting them in the report
+ * and reporting progress; problems are added in list order.
+ */
+async function checkFiles(
+  dir: string,
+  files: ReadonlyArray<{ rel: string; size: number; sha256: string }>,
+  c: { present: ReadonlySet<string>; report: VerifyReport; problems: string[]; o: VerifyOptions; missing?: (rel: string) => void },
+): Promise<void> {
+  for (const f of files) {
+    if (!c.present.has(f.rel)) {
+      c.missing?.(f.rel);
+      continue;
+    }
+    if (c.o.signal.aborted) throw c.o.signal.reason;
+    c.o.events({ kind: 'progress', stage: 'verify', what: f.rel, done: c.report.files, total: files.length, unit: 'items' });
+    const problem = await checkFile(dir, f.rel, f, c.o.signal);
+    if (problem) c.problems.push(problem);
+    c.report.files++;
+  }
+}
+
 /** One file against its listed size and sha256 (one of the wrong size is not hashed): the problem, or undefined. */
 async function checkFile(dir: string, rel: string, want: { size: number; sha256: string }, signal: AbortSignal): Promise<string | undefined> {
   const path = join(dir, rel);
@@ -168,14 +190,8 @@ async function verifyRelease(dir: string, manifestBytes: Buffer, m: ReleaseManif
   for (const rel of tree.files) if (!expected.has(rel)) problems.push(`${rel}: extra file, not part of the release`);
   const present = new Set(tree.files);
   for (const name of expected) if (!present.has(name)) problems.push(`${name}: missing`);
-  for (const f of m.files) {
-    if (!present.has(f.name)) continue;
-    if (o.signal.aborted) throw o.signal.reason;
-    o.events({ kind: 'progress', stage: 'verify', what: f.name, done: report.files, total: m.files.length, unit: 'items' });
-    const problem = await checkFile(dir, f.name, f, o.signal);
-    if (problem) problems.push(problem);
-    report.files++;
-  }
+  // Missing ones were reported above, with the release's own files.
+  await checkFiles(dir, m.files.map((f) => ({ ...f, rel: f.name })), { present, report, problems, o });
   if (problems.length > 0) throw new ReleaseMismatchError(dir, problems);
   return report;
 }
@@ -199,17 +215,7 @@ async function verifyBuild(dir: string, m: Manifest, o: VerifyOptions): Promise<
   for (const rel of tree.files) if (!bookkeeping.has(rel) && !declared.has(rel)) problems.push(`${rel}: extra file, not in manifest.json`);
   const present = new Set(tree.files);
   const report: VerifyReport = { kind: 'build', cluster: m.cluster, files: 0 };
-  for (const a of m.artefacts) {
-    if (!present.has(a.path)) {
-      problems.push(`${a.path}: missing`);
-      continue;
-    }
-    if (o.signal.aborted) throw o.signal.reason;
-    o.events({ kind: 'progress', stage: 'verify', what: a.path, done: report.files, total: m.artefacts.length, unit: 'items' });
-    const problem = await checkFile(dir, a.path, a, o.signal);
-    if (problem) problems.push(problem);
-    report.files++;
-  }
+  await checkFiles(dir, m.artefacts.map((a) => ({ ...a, rel: a.path })), { present, report, problems, o, missing: (rel) => problems.push(`${rel}: missing`) });
   if (problems.length > 0) throw new ReleaseMismatchError(dir, problems);
   return report;
 }
